@@ -1,0 +1,194 @@
+"""
+Exceptions raised by the Banana provider.
+
+Every exception carries structured attributes, so callers (and the retry
+policy in :mod:`airflow_provider_banana.contract`) decide on types and fields,
+never on message text. No exception text or repr ever contains the API key:
+nothing here is ever given one.
+
+The tree::
+
+    AirflowException
+    └── BananaError                        any problem talking to Banana
+        ├── BananaConfigError (ValueError) bad argument or connection; raised before any request
+        ├── BananaCallError                Banana says the call itself failed (call_id, message)
+        │   └── BananaCallNotFoundError    unknown or expired callID ("taskID does not exist")
+        ├── BananaTimeoutError             our own deadline passed while the call ran on (call_id, timeout)
+        └── BananaTransportError           the exchange failed; says nothing about the call (endpoint, request_sent)
+            ├── BananaConnectError         never reached the server: the request was not taken
+            ├── BananaResponseLostError    the request was sent, its answer lost (read timeout, dropped connection)
+            ├── BananaHTTPError            an HTTP status other than 200 (status_code, retry_after)
+            └── BananaProtocolError        HTTP 200 whose body is not a Banana reply (not JSON, no message)
+
+``BananaCallError`` means "the inference failed" and is never retried as if it
+were transport trouble; ``BananaTransportError`` means "we could not talk to
+Banana" and is never reported as a failed inference.
+"""
+
+from __future__ import annotations
+
+from airflow.exceptions import AirflowException
+
+__all__ = [
+    "BananaCallError",
+    "BananaCallNotFoundError",
+    "BananaConfigError",
+    "BananaConnectError",
+    "BananaError",
+    "BananaHTTPError",
+    "BananaProtocolError",
+    "BananaResponseLostError",
+    "BananaTimeoutError",
+    "BananaTransportError",
+]
+
+
+class BananaError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class BananaConfigError(BananaError, ValueError):
+    """
+    Reject a bad argument or connection setting before any request is sent.
+
+    Also a :class:`ValueError`, so generic input validation catches it.
+    """
+
+
+class BananaCallError(BananaError):
+    """
+    Report that Banana ran the call and the call failed.
+
+    :param message: Banana's ``message`` text, verbatim.
+    :param call_id: the call's id, when known (a failed Start may have none).
+    """
+
+    def __init__(self, message: str, *, call_id: str | None = None) -> None:
+        self.call_id = call_id
+        self.message = message
+        where = f"Banana call {call_id}" if call_id else "Banana call"
+        super().__init__(f"{where} failed: {message}")
+
+    def __reduce__(self):  # keep pickling (and so Airflow's error handling) lossless
+        return (_rebuild, (type(self), (self.message,), {"call_id": self.call_id}))
+
+
+class BananaCallNotFoundError(BananaCallError):
+    """Report a callID that Banana does not know: never existed, expired, or lost in a restart."""
+
+
+class BananaTimeoutError(BananaError):
+    """
+    Report that our deadline passed before the call finished.
+
+    Banana v4 has no cancel endpoint: the call may still be running, and billed.
+
+    :param call_id: the call that was still running.
+    :param timeout: the timeout that ran out, in seconds.
+    :param last_message: the last status Banana gave, if any.
+    """
+
+    def __init__(self, call_id: str | None, timeout: float, last_message: str | None = None) -> None:
+        self.call_id = call_id
+        self.timeout = timeout
+        self.last_message = last_message
+        status = f" (last status: {last_message!r})" if last_message else ""
+        super().__init__(
+            f"Banana call {call_id} did not finish within {timeout:g} s{status}; "
+            "Banana v4 cannot cancel it, so it may still run and be billed"
+        )
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), (self.call_id, self.timeout, self.last_message), {}))
+
+
+class BananaTransportError(BananaError):
+    """
+    Report that an exchange with Banana failed, saying nothing about the call itself.
+
+    :param detail: what went wrong, in words.
+    :param endpoint: ``"start"`` or ``"check"``.
+    :param request_sent: whether the request may have reached the server. A Start that may
+        have been taken must never be sent again: Banana bills every Start.
+    :param call_id: the call a Check was about, if any.
+    :param status_code: the HTTP status, when an answer came.
+    """
+
+    #: Whether the server may have taken the request; overridden by the subclasses that know.
+    request_sent: bool = True
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        endpoint: str,
+        call_id: str | None = None,
+        status_code: int | None = None,
+        request_sent: bool | None = None,
+    ) -> None:
+        self.detail = detail
+        self.endpoint = endpoint
+        self.call_id = call_id
+        # Shadows AirflowException's class-level HTTPStatus, which only Airflow's API server reads.
+        self.status_code = status_code  # type: ignore[assignment]
+        self.request_sent = type(self).request_sent if request_sent is None else request_sent
+        about = f" for call {call_id}" if call_id else ""
+        super().__init__(f"Banana {endpoint}{about}: {detail}")
+
+    def __reduce__(self):
+        kwargs = {
+            "endpoint": self.endpoint,
+            "call_id": self.call_id,
+            "status_code": self.status_code,
+            "request_sent": self.request_sent,
+        }
+        return (_rebuild, (type(self), (self.detail,), kwargs))
+
+
+class BananaConnectError(BananaTransportError):
+    """Report that the server was never reached, so the request was provably not taken."""
+
+    request_sent = False
+
+
+class BananaResponseLostError(BananaTransportError):
+    """Report that the request was sent and its answer lost; a Start may have been taken."""
+
+    request_sent = True
+
+
+class BananaHTTPError(BananaTransportError):
+    """
+    Report an HTTP status other than 200.
+
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), if it said.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        endpoint: str,
+        status_code: int,
+        call_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=status_code)
+
+    def __reduce__(self):
+        kwargs = {
+            "endpoint": self.endpoint,
+            "status_code": self.status_code,
+            "call_id": self.call_id,
+            "retry_after": self.retry_after,
+        }
+        return (_rebuild, (type(self), (self.detail,), kwargs))
+
+
+class BananaProtocolError(BananaTransportError):
+    """Report an HTTP 200 whose body is not a Banana reply (not a JSON object, or no string ``message``)."""
+
+
+def _rebuild(cls, args, kwargs):
+    return cls(*args, **kwargs)

@@ -1,0 +1,569 @@
+"""
+Talk to a Banana-compatible inference API: connection, HTTP, retries.
+
+:class:`BananaHook` is the synchronous half (``requests``, one keep-alive session per hook),
+:class:`BananaAsyncHook` the asynchronous half used by the trigger (``httpx``). Both have the same
+method names and send bytes only: every decision about a request or a reply is made in
+:mod:`airflow_provider_banana.contract`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import requests
+import tenacity
+import urllib3.exceptions
+from airflow.sdk import BaseHook
+
+from airflow_provider_banana import __version__, connection_ui_behaviour
+from airflow_provider_banana.contract import (
+    CHECK,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    START,
+    START_HOLD,
+    BananaResult,
+    BananaRetryPolicy,
+    CallWaiter,
+    TransportFailure,
+    build_check_body,
+    build_start_body,
+    describe_retry,
+    endpoint_url,
+    parse_reply,
+    request_timeout,
+    transport_error,
+    validate_api_key,
+    validate_base_url,
+    validate_call_id,
+    validate_model_inputs,
+    validate_model_key,
+    validate_positive,
+)
+from airflow_provider_banana.exceptions import BananaCallError, BananaCallNotFoundError, BananaError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": f"airflow-provider-banana/{__version__}",
+}
+# A callID no server ever issued: test_connection checks it to prove the URL and key without
+# starting (and paying for) an inference.
+_PROBE_CALL_ID = "call_airflow-provider-banana-connection-test"
+
+
+@dataclass(frozen=True)
+class BananaSettings:
+    """
+    What a Banana connection holds, validated.
+
+    :param base_url: the API's base URL, ending in ``/``.
+    :param api_key: the API key (never in repr).
+    :param model_key: the default model key from the connection's extra, if any.
+    """
+
+    base_url: str
+    api_key: str = field(repr=False)
+    model_key: str | None = None
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> BananaSettings:
+        """
+        Read and validate a connection: password is the key, host the base URL, extra the model key.
+
+        :param conn: the Airflow connection.
+        :raises BananaConfigError: no key, or a host that is not an http(s) URL.
+        """
+        extra = conn.extra_dejson or {}
+        model_key = extra.get("model_key") or extra.get("extra__banana__model_key") or None
+        return cls(
+            base_url=validate_base_url(conn.host),
+            api_key=validate_api_key(conn.password),
+            model_key=model_key if isinstance(model_key, str) else None,
+        )
+
+    def url(self, endpoint: str) -> str:
+        """Return the URL of :data:`~airflow_provider_banana.contract.START` or ``CHECK``."""
+        return endpoint_url(self.base_url, endpoint)
+
+    def encode(self, body: dict[str, Any]) -> bytes:
+        """Return a request body as JSON bytes."""
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _requests_failure(error: requests.RequestException) -> TransportFailure:
+    # Order matters: ConnectTimeout is both a ConnectionError and a Timeout.
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return TransportFailure.CONNECT_TIMEOUT
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        return TransportFailure.READ_TIMEOUT
+    if isinstance(error, requests.exceptions.SSLError):
+        return TransportFailure.CONNECT
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return TransportFailure.CONNECTION_LOST
+    if isinstance(error, requests.exceptions.ConnectionError):
+        reason = getattr(error.args[0], "reason", None) if error.args else None
+        if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProxyError)):
+            return TransportFailure.CONNECT
+        return TransportFailure.CONNECTION_LOST
+    return TransportFailure.OTHER
+
+
+def _httpx_failure(error: httpx.TransportError) -> TransportFailure:
+    if isinstance(error, httpx.ConnectTimeout):
+        return TransportFailure.CONNECT_TIMEOUT
+    if isinstance(error, httpx.PoolTimeout):
+        return TransportFailure.POOL_TIMEOUT
+    if isinstance(error, httpx.ConnectError):
+        return TransportFailure.CONNECT
+    if isinstance(error, httpx.ReadTimeout):
+        return TransportFailure.READ_TIMEOUT
+    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return TransportFailure.CONNECTION_LOST
+    return TransportFailure.OTHER
+
+
+def _resolve_model_key(model_key: str | None, settings: BananaSettings) -> str:
+    return validate_model_key(model_key or settings.model_key)
+
+
+def _connection_test_result(settings: BananaSettings, error: BaseException | None) -> tuple[bool, str]:
+    where = settings.base_url
+    if error is None or isinstance(error, BananaCallNotFoundError):
+        return True, f"Connected to {where}: Banana answered and accepted the API key"
+    if isinstance(error, BananaCallError):
+        return False, f"{where} answered but refused the request: {error.message}"
+    return False, f"Could not talk to Banana at {where}: {error}"
+
+
+class BananaHook(BaseHook):
+    """
+    Run inference on a Banana-compatible API, synchronously.
+
+    The connection's password is the API key, its host the base URL (default
+    ``https://api.banana.dev/``), and its extra may hold a default ``model_key``.
+
+    :param banana_conn_id: the Airflow connection to use.
+    :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
+    """
+
+    conn_name_attr = "banana_conn_id"
+    default_conn_name = "banana_default"
+    conn_type = "banana"
+    hook_name = "Banana"
+
+    def __init__(
+        self,
+        banana_conn_id: str = default_conn_name,
+        *,
+        retry_policy: BananaRetryPolicy | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(logger_name=logger_name)
+        self.banana_conn_id = banana_conn_id
+        self.retry_policy = retry_policy or BananaRetryPolicy()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Return the connection form's layout (Airflow before 3.2 reads it from here)."""
+        return connection_ui_behaviour()
+
+    @functools.cached_property
+    def settings(self) -> BananaSettings:
+        """Return the validated connection settings (looked up once)."""
+        settings = BananaSettings.from_connection(self.get_connection(self.banana_conn_id))
+        _mask(settings.api_key)
+        return settings
+
+    @functools.cached_property
+    def session(self) -> requests.Session:
+        """Return the hook's keep-alive HTTP session."""
+        session = requests.Session()
+        session.headers.update(_HEADERS)
+        return session
+
+    def get_conn(self) -> requests.Session:
+        """Return the hook's HTTP session."""
+        return self.session
+
+    def close(self) -> None:
+        """Close the HTTP session and its pooled connections."""
+        if "session" in self.__dict__:
+            self.session.close()
+            del self.__dict__["session"]
+
+    def __enter__(self) -> BananaHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False) -> BananaResult:
+        """
+        Start one inference (billed), and wait for its result unless ``start_only``.
+
+        A Start is retried only where it provably was not taken (no connection, 429, 503).
+
+        :param model_inputs: the model's inputs: a dict, or a string holding a JSON object.
+        :param model_key: the model; defaults to the connection extra's ``model_key``.
+        :param start_only: answer at once with the callID instead of holding up to ~60 s.
+        :return: the result: ``finished`` with ``model_outputs``, or running with ``call_id``.
+        :raises BananaConfigError: missing key or model key, before any request.
+        :raises TypeError: inputs JSON cannot hold, before any request.
+        :raises BananaCallError: Banana reports the Start failed.
+        :raises BananaTransportError: the exchange failed (see its ``request_sent``).
+        """
+        inputs = validate_model_inputs(model_inputs)
+        settings = self.settings
+        body = build_start_body(
+            settings.api_key, _resolve_model_key(model_key, settings), inputs, start_only=start_only
+        )
+        result = self._send(START, body, waits=not start_only)
+        self.log.info(
+            "Banana Start: call %s, %s (apiVersion %s)",
+            result.call_id or "(no id: finished at once)",
+            result.status_text if not result.finished else "finished",
+            result.api_version,
+        )
+        return result
+
+    def check(self, call_id: str, *, long_poll: bool = True, deadline: float | None = None) -> BananaResult:
+        """
+        Ask how a call stands; Checks are free and idempotent, so transport trouble is retried.
+
+        :param call_id: the callID from Start.
+        :param long_poll: let the server hold the request up to 50 s until the call finishes.
+        :param deadline: a ``time.time()`` past which not to wait for the answer or retry.
+        :return: the result, finished or running.
+        :raises BananaCallError: the call failed; :class:`BananaCallNotFoundError` if unknown or expired.
+        :raises BananaTransportError: the exchange failed on every attempt.
+        """
+        call_id = validate_call_id(call_id)
+        body = build_check_body(self.settings.api_key, call_id, long_poll=long_poll)
+        return self._send(CHECK, body, waits=long_poll, call_id=call_id, deadline=deadline)
+
+    def wait(
+        self,
+        call_id: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        started_at: float | None = None,
+        long_poll: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> list[Any]:
+        """
+        Check a call until it finishes, fails or the timeout passes; log each status change.
+
+        :param call_id: the callID from Start.
+        :param timeout: seconds the call may take, counted from ``started_at``.
+        :param started_at: ``time.time()`` when the call was started (default: now).
+        :param long_poll: use long-poll Checks (one request per 50 s of waiting).
+        :param poll_interval: least seconds between the starts of two Checks.
+        :return: the ``modelOutputs`` list.
+        :raises BananaTimeoutError: the timeout passed first; the call may run on.
+        :raises BananaCallError: the call failed.
+        :raises BananaTransportError: Banana could not be reached within the retry policy.
+        """
+        waiter = CallWaiter.begin(
+            validate_call_id(call_id),
+            timeout=timeout,
+            started_at=started_at,
+            long_poll=long_poll,
+            poll_interval=poll_interval,
+        )
+        while True:
+            waiter.raise_if_expired()
+            began = time.monotonic()
+            try:
+                result = self.check(waiter.call_id, long_poll=waiter.long_poll, deadline=waiter.deadline)
+            except BananaError as e:
+                raise waiter.failure(e) from e
+            step = waiter.observe(result, waited=time.monotonic() - began)
+            if step.status_changed:
+                self.log.info("Banana call %s is %s after %.1f s", waiter.call_id, result.status_text, waiter.elapsed())
+            if step.outputs is not None:
+                return step.outputs
+            if step.pause:
+                time.sleep(step.pause)
+
+    def run(self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> list[Any]:
+        """
+        Run one inference to the end: a waiting Start, then long-poll Checks.
+
+        :param model_inputs: the model's inputs: a dict, or a string holding a JSON object.
+        :param model_key: the model; defaults to the connection extra's ``model_key``.
+        :param timeout: seconds the inference may take, from Start to result.
+        :return: the ``modelOutputs`` list.
+        :raises BananaTimeoutError: not finished within ``timeout``; the call may run on.
+        :raises BananaCallError: the inference failed.
+        """
+        timeout = validate_positive("timeout", timeout)
+        started_at = time.time()
+        # A Start is held up to START_HOLD and, once sent, must not be abandoned (its answer carries
+        # the only copy of the callID), so a timeout shorter than the hold uses startOnly.
+        result = self.start(model_inputs, model_key, start_only=timeout < START_HOLD)
+        if result.finished:
+            return result.model_outputs or []
+        return self.wait(result.call_id or "", timeout=timeout, started_at=started_at)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        Prove that the URL answers and accepts the key, without starting an inference.
+
+        Sends a Check for a callID no server issued: a server that knows the key answers
+        "taskID does not exist"; one that refuses it says why.
+
+        :return: ``(ok, message)``; the message never contains the key.
+        """
+        try:
+            settings = self.settings
+        except BananaError as e:
+            return False, str(e)
+        try:
+            self.check(_PROBE_CALL_ID, long_poll=False)
+        except BananaError as e:
+            return _connection_test_result(settings, e)
+        return _connection_test_result(settings, None)
+
+    def _send(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        waits: bool,
+        call_id: str | None = None,
+        deadline: float | None = None,
+    ) -> BananaResult:
+        settings = self.settings
+        url = settings.url(endpoint)
+        data = settings.encode(body)
+        retrying = tenacity.Retrying(
+            **self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
+        )
+        for attempt in retrying:
+            with attempt:
+                remaining = None if deadline is None else deadline - time.time()
+                timeout = request_timeout(endpoint, waits=waits, remaining=remaining)
+                try:
+                    response = self.session.post(url, data=data, timeout=timeout)
+                except requests.RequestException as e:
+                    failure = _requests_failure(e)
+                    raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
+                return parse_reply(
+                    endpoint,
+                    response.status_code,
+                    response.content,
+                    retry_after=response.headers.get("Retry-After"),
+                    call_id=call_id,
+                    secret=settings.api_key,
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        attempt, pause, reason = describe_retry(state)
+        self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Building an SSL context loads the CA bundle: ~25 ms of CPU. Fifty triggers starting together
+    # would stall the triggerer's event loop for over a second, so every client shares one. An
+    # SSLContext is not tied to an event loop, unlike a client's connections.
+    return httpx.create_ssl_context()
+
+
+class BananaAsyncHook(BaseHook):
+    """
+    Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
+
+    Use it as ``async with BananaAsyncHook(conn_id) as hook:``: entering resolves the connection
+    without blocking the loop and opens one ``httpx.AsyncClient`` for the hook's life, closed on exit.
+    A client is bound to the loop it was made in, and ``dag.test()`` runs each deferral in a fresh
+    loop, so clients are never kept at module level.
+
+    :param banana_conn_id: the Airflow connection to use.
+    :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
+    """
+
+    conn_name_attr = "banana_conn_id"
+    default_conn_name = "banana_default"
+    conn_type = "banana"
+    hook_name = "Banana"
+
+    def __init__(
+        self,
+        banana_conn_id: str = default_conn_name,
+        *,
+        retry_policy: BananaRetryPolicy | None = None,
+        logger_name: str | None = None,
+    ) -> None:
+        super().__init__(logger_name=logger_name)
+        self.banana_conn_id = banana_conn_id
+        self.retry_policy = retry_policy or BananaRetryPolicy()
+        self._settings: BananaSettings | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> BananaAsyncHook:
+        conn = await self.aget_connection(self.banana_conn_id)
+        self._settings = BananaSettings.from_connection(conn)
+        await _amask(self._settings.api_key)
+        self._client = httpx.AsyncClient(
+            headers=_HEADERS,
+            verify=_ssl_context(),
+            # Long polls hold a connection each for up to 50 s: a pool limit would queue them.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def settings(self) -> BananaSettings:
+        """Return the validated connection settings (resolved on entering the hook)."""
+        if self._settings is None:
+            raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
+        return self._settings
+
+    async def start(self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False) -> BananaResult:
+        """
+        Start one inference (billed); see :meth:`BananaHook.start`.
+
+        :param model_inputs: the model's inputs.
+        :param model_key: the model; defaults to the connection extra's ``model_key``.
+        :param start_only: answer at once with the callID.
+        :return: the result.
+        """
+        inputs = validate_model_inputs(model_inputs)
+        settings = self.settings
+        body = build_start_body(
+            settings.api_key, _resolve_model_key(model_key, settings), inputs, start_only=start_only
+        )
+        return await self._send(START, body, waits=not start_only)
+
+    async def check(self, call_id: str, *, long_poll: bool = True, deadline: float | None = None) -> BananaResult:
+        """
+        Ask how a call stands; see :meth:`BananaHook.check`.
+
+        :param call_id: the callID from Start.
+        :param long_poll: let the server hold the request up to 50 s.
+        :param deadline: a ``time.time()`` past which not to wait for the answer or retry.
+        :return: the result, finished or running.
+        """
+        call_id = validate_call_id(call_id)
+        body = build_check_body(self.settings.api_key, call_id, long_poll=long_poll)
+        return await self._send(CHECK, body, waits=long_poll, call_id=call_id, deadline=deadline)
+
+    async def wait(
+        self,
+        call_id: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        started_at: float | None = None,
+        long_poll: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> list[Any]:
+        """
+        Check a call until it finishes, fails or the timeout passes; see :meth:`BananaHook.wait`.
+
+        :param call_id: the callID from Start.
+        :param timeout: seconds the call may take, counted from ``started_at``.
+        :param started_at: ``time.time()`` when the call was started (default: now).
+        :param long_poll: use long-poll Checks.
+        :param poll_interval: least seconds between the starts of two Checks.
+        :return: the ``modelOutputs`` list.
+        """
+        waiter = CallWaiter.begin(
+            validate_call_id(call_id),
+            timeout=timeout,
+            started_at=started_at,
+            long_poll=long_poll,
+            poll_interval=poll_interval,
+        )
+        while True:
+            waiter.raise_if_expired()
+            began = time.monotonic()
+            try:
+                result = await self.check(waiter.call_id, long_poll=waiter.long_poll, deadline=waiter.deadline)
+            except BananaError as e:
+                raise waiter.failure(e) from e
+            step = waiter.observe(result, waited=time.monotonic() - began)
+            if step.status_changed:
+                self.log.info("Banana call %s is %s after %.1f s", waiter.call_id, result.status_text, waiter.elapsed())
+            if step.outputs is not None:
+                return step.outputs
+            if step.pause:
+                await asyncio.sleep(step.pause)
+
+    async def _send(
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        *,
+        waits: bool,
+        call_id: str | None = None,
+        deadline: float | None = None,
+    ) -> BananaResult:
+        settings = self.settings
+        client = self._client
+        if client is None:
+            raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
+        url = settings.url(endpoint)
+        data = settings.encode(body)
+        retrying = tenacity.AsyncRetrying(
+            **self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
+        )
+        async for attempt in retrying:
+            with attempt:
+                remaining = None if deadline is None else deadline - time.time()
+                connect, read = request_timeout(endpoint, waits=waits, remaining=remaining)
+                try:
+                    response = await client.post(
+                        url, content=data, timeout=httpx.Timeout(read, connect=connect, pool=connect)
+                    )
+                except httpx.TransportError as e:
+                    failure = _httpx_failure(e)
+                    raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
+                return parse_reply(
+                    endpoint,
+                    response.status_code,
+                    response.content,
+                    retry_after=response.headers.get("Retry-After"),
+                    call_id=call_id,
+                    secret=settings.api_key,
+                )
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        attempt, pause, reason = describe_retry(state)
+        self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
+
+
+def _mask(secret: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(secret)
+
+
+async def _amask(secret: str) -> None:
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # Airflow 3.1 has only the sync form, which is safe outside a task's comms
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+        return
+    await amask_secret(secret)
