@@ -54,16 +54,6 @@ START = "start"
 CHECK = "check"
 _PATHS = {START: "start/v4/", CHECK: "check/v4/"}
 
-#: How long Banana may hold a Start that waits for its result.
-START_HOLD = 60.0
-#: How long Banana holds a Check with ``longPoll``.
-CHECK_HOLD = 50.0
-#: Added to a server hold to get the client's read timeout: the answer must have time to arrive
-#: after the hold ends, or every long poll that comes back "running" would look like a lost answer.
-HOLD_MARGIN = 15.0
-#: Read timeout of a request the server does not hold (startOnly Start, short Check).
-QUICK_READ_TIMEOUT = 30.0
-CONNECT_TIMEOUT = 10.0
 #: Default seconds an inference may take, from Start to result.
 DEFAULT_TIMEOUT = 3600.0
 #: Default pause between Checks when long polling is off, or after a quick answer.
@@ -254,23 +244,61 @@ def build_check_body(api_key: str, call_id: str, *, long_poll: bool) -> dict[str
     return {**_envelope(api_key), "longPoll": long_poll, "callID": call_id}
 
 
-def request_timeout(endpoint: str, *, waits: bool, remaining: float | None = None) -> tuple[float, float]:
+@dataclass(frozen=True)
+class BananaTimeouts:
     """
-    Return the ``(connect, read)`` timeouts of one request.
+    The client's request timeouts, derived from how long the server holds requests.
 
-    :param endpoint: :data:`START` or :data:`CHECK`.
-    :param waits: the server may hold the request (a Start without startOnly, a long-poll Check).
-    :param remaining: seconds left before the caller's deadline. A Check's read timeout is cut to
-        it, since nothing is lost by abandoning a Check; a Start's never is, since its answer
-        carries the only copy of the callID of a call already billed.
+    Banana holds a Start up to ~60 s and a long-poll Check up to 50 s; a self-hosted server may
+    hold for other times, set in the connection's extra (``start_hold``, ``check_hold``,
+    ``read_margin``, ``connect_timeout``).
+
+    :param start_hold: longest time the server holds a Start that waits for its result.
+    :param check_hold: longest time the server holds a long-poll Check.
+    :param read_margin: added to a hold to get the read timeout: the answer must have time to
+        arrive after the hold ends, or every long poll that comes back "running" would look lost.
+    :param quick_read: read timeout of a request the server does not hold.
+    :param connect_timeout: time allowed to open a connection.
     """
-    if not waits:
-        read = QUICK_READ_TIMEOUT
-    else:
-        read = (START_HOLD if endpoint == START else CHECK_HOLD) + HOLD_MARGIN
-    if endpoint == CHECK and remaining is not None:
-        read = max(min(read, remaining), 0.1)
-    return CONNECT_TIMEOUT, read
+
+    start_hold: float = 60.0
+    check_hold: float = 50.0
+    read_margin: float = 15.0
+    quick_read: float = 30.0
+    connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("start_hold", "check_hold", "read_margin", "quick_read", "connect_timeout"):
+            validate_positive(name, getattr(self, name))
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> BananaTimeouts:
+        """
+        Return the timeouts a connection's extra sets, defaults elsewhere.
+
+        :param extra: the connection's extra, as a dict.
+        :raises BananaConfigError: a value that is not a positive number.
+        """
+        names = ("start_hold", "check_hold", "read_margin", "connect_timeout")
+        return cls(**{name: extra[name] for name in names if extra.get(name) is not None})
+
+    def for_request(self, endpoint: str, *, waits: bool, remaining: float | None = None) -> tuple[float, float]:
+        """
+        Return the ``(connect, read)`` timeouts of one request.
+
+        :param endpoint: :data:`START` or :data:`CHECK`.
+        :param waits: the server may hold the request (a Start without startOnly, a long-poll Check).
+        :param remaining: seconds left before the caller's deadline. A Check's read timeout is cut to
+            it, since nothing is lost by abandoning a Check; a Start's never is, since its answer
+            carries the only copy of the callID of a call already billed.
+        """
+        if not waits:
+            read = self.quick_read
+        else:
+            read = (self.start_hold if endpoint == START else self.check_hold) + self.read_margin
+        if endpoint == CHECK and remaining is not None:
+            read = max(min(read, remaining), 0.1)
+        return self.connect_timeout, read
 
 
 # ---------------------------------------------------------------------------------------------------------

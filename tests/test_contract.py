@@ -275,13 +275,22 @@ class TestValidation:
 
 class TestTimeouts:
     def test_read_timeout_exceeds_the_server_hold(self) -> None:
-        assert contract.request_timeout(START, waits=True)[1] > contract.START_HOLD
-        assert contract.request_timeout(CHECK, waits=True)[1] > contract.CHECK_HOLD
-        assert contract.request_timeout(CHECK, waits=False)[1] == contract.QUICK_READ_TIMEOUT
+        timeouts = contract.BananaTimeouts()
+        assert timeouts.for_request(START, waits=True)[1] > timeouts.start_hold >= 60
+        assert timeouts.for_request(CHECK, waits=True)[1] > timeouts.check_hold >= 50
+        assert timeouts.for_request(CHECK, waits=False)[1] == timeouts.quick_read
 
     def test_a_check_is_cut_to_the_deadline_but_a_start_never_is(self) -> None:
-        assert contract.request_timeout(CHECK, waits=True, remaining=3.0)[1] == 3.0
-        assert contract.request_timeout(START, waits=True, remaining=3.0)[1] > contract.START_HOLD
+        timeouts = contract.BananaTimeouts()
+        assert timeouts.for_request(CHECK, waits=True, remaining=3.0)[1] == 3.0
+        assert timeouts.for_request(START, waits=True, remaining=3.0)[1] > timeouts.start_hold
+
+    def test_holds_from_a_connection_extra(self) -> None:
+        timeouts = contract.BananaTimeouts.from_extra({"check_hold": 5, "start_hold": 4, "model_key": "m"})
+        assert timeouts.for_request(CHECK, waits=True) == (10.0, 5 + timeouts.read_margin)
+        assert timeouts.start_hold == 4
+        with pytest.raises(BananaConfigError, match="check_hold"):
+            contract.BananaTimeouts.from_extra({"check_hold": -1})
 
     def test_retry_after(self) -> None:
         assert contract.parse_retry_after("3") == 3.0

@@ -29,9 +29,9 @@ from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
     START,
-    START_HOLD,
     BananaResult,
     BananaRetryPolicy,
+    BananaTimeouts,
     CallWaiter,
     TransportFailure,
     build_check_body,
@@ -39,7 +39,6 @@ from airflow_provider_banana.contract import (
     describe_retry,
     endpoint_url,
     parse_reply,
-    request_timeout,
     transport_error,
     validate_api_key,
     validate_base_url,
@@ -71,11 +70,13 @@ class BananaSettings:
     :param base_url: the API's base URL, ending in ``/``.
     :param api_key: the API key (never in repr).
     :param model_key: the default model key from the connection's extra, if any.
+    :param timeouts: the request timeouts (the extra may set the server's holds).
     """
 
     base_url: str
     api_key: str = field(repr=False)
     model_key: str | None = None
+    timeouts: BananaTimeouts = field(default_factory=BananaTimeouts)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> BananaSettings:
@@ -83,7 +84,7 @@ class BananaSettings:
         Read and validate a connection: password is the key, host the base URL, extra the model key.
 
         :param conn: the Airflow connection.
-        :raises BananaConfigError: no key, or a host that is not an http(s) URL.
+        :raises BananaConfigError: no key, a host that is not an http(s) URL, or a bad timeout in extra.
         """
         extra = conn.extra_dejson or {}
         model_key = extra.get("model_key") or extra.get("extra__banana__model_key") or None
@@ -91,6 +92,7 @@ class BananaSettings:
             base_url=validate_base_url(conn.host),
             api_key=validate_api_key(conn.password),
             model_key=model_key if isinstance(model_key, str) else None,
+            timeouts=BananaTimeouts.from_extra(extra),
         )
 
     def url(self, endpoint: str) -> str:
@@ -310,9 +312,9 @@ class BananaHook(BaseHook):
         """
         timeout = validate_positive("timeout", timeout)
         started_at = time.time()
-        # A Start is held up to START_HOLD and, once sent, must not be abandoned (its answer carries
+        # A Start is held up to start_hold and, once sent, must not be abandoned (its answer carries
         # the only copy of the callID), so a timeout shorter than the hold uses startOnly.
-        result = self.start(model_inputs, model_key, start_only=timeout < START_HOLD)
+        result = self.start(model_inputs, model_key, start_only=timeout < self.settings.timeouts.start_hold)
         if result.finished:
             return result.model_outputs or []
         return self.wait(result.call_id or "", timeout=timeout, started_at=started_at)
@@ -354,7 +356,7 @@ class BananaHook(BaseHook):
         for attempt in retrying:
             with attempt:
                 remaining = None if deadline is None else deadline - time.time()
-                timeout = request_timeout(endpoint, waits=waits, remaining=remaining)
+                timeout = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
                 try:
                     response = self.session.post(url, data=data, timeout=timeout)
                 except requests.RequestException as e:
@@ -529,7 +531,7 @@ class BananaAsyncHook(BaseHook):
         async for attempt in retrying:
             with attempt:
                 remaining = None if deadline is None else deadline - time.time()
-                connect, read = request_timeout(endpoint, waits=waits, remaining=remaining)
+                connect, read = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
                 try:
                     response = await client.post(
                         url, content=data, timeout=httpx.Timeout(read, connect=connect, pool=connect)

@@ -14,7 +14,6 @@ from airflow.sdk import BaseOperator
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
-    START_HOLD,
     BananaRetryPolicy,
     outputs_from_event,
     validate_model_inputs,
@@ -100,9 +99,10 @@ class BananaInferenceOperator(BaseOperator):
         """Start the inference, then return its outputs (or its callID), or defer the wait."""
         inputs = validate_model_inputs(self.model_inputs)
         started_at = time.time()
-        # A waiting Start holds the worker up to START_HOLD and cannot be abandoned at the deadline
+        # A waiting Start holds the worker up to start_hold and cannot be abandoned at the deadline
         # (its answer is the only copy of the callID), so short timeouts and deferral use startOnly.
-        start_only = self.deferrable or not self.wait_for_completion or self.timeout < START_HOLD
+        short = self.timeout < self.hook.settings.timeouts.start_hold
+        start_only = self.deferrable or not self.wait_for_completion or short
         result = self.hook.start(inputs, self.model_key, start_only=start_only)
         if result.finished:
             self.log.info("Banana call finished at once, in %.1f s", time.time() - started_at)

@@ -1,0 +1,47 @@
+"""
+Run one inference on Banana and hand its outputs to a downstream task.
+
+The operator sends Start from the worker, defers the wait to the triggerer (no worker slot is
+held while the model runs) and returns the ``modelOutputs`` list, which ``op.output`` passes on.
+
+Needs a connection ``banana_default`` (see the README); with the local server::
+
+    python -m airflow_provider_banana.devserver --port 8000
+    export AIRFLOW_CONN_BANANA_DEFAULT='{"conn_type": "banana", "host": "http://127.0.0.1:8000/",
+        "password": "any-key", "extra": {"model_key": "wordcount"}}'
+    airflow dags test example_banana_inference
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_banana.operators.banana import BananaInferenceOperator
+
+with DAG(
+    dag_id="example_banana_inference",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["example", "banana"],
+    doc_md=__doc__,
+):
+    infer = BananaInferenceOperator(
+        task_id="infer",
+        model_key="wordcount",
+        model_inputs={"prompt": "Bananas ripen faster in a paper bag, run {{ run_id }}"},
+        deferrable=True,
+        timeout=600,
+    )
+
+    @task
+    def summarize(model_outputs: list[Any]) -> dict[str, Any]:
+        """Use the model's reply: modelOutputs is a list whose one element is the model's JSON."""
+        reply = model_outputs[0]
+        print(f"Model outputs reached the downstream task: {model_outputs}")
+        return {"words": reply["words"], "characters": reply["characters"]}
+
+    summarize(infer.output)
