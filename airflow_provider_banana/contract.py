@@ -250,8 +250,7 @@ class BananaTimeouts:
     The client's request timeouts, derived from how long the server holds requests.
 
     Banana holds a Start up to ~60 s and a long-poll Check up to 50 s; a self-hosted server may
-    hold for other times, set in the connection's extra (``start_hold``, ``check_hold``,
-    ``read_margin``, ``connect_timeout``).
+    hold for other times. Each field can be set in the connection's extra under its own name.
 
     :param start_hold: longest time the server holds a Start that waits for its result.
     :param check_hold: longest time the server holds a long-poll Check.
@@ -279,7 +278,7 @@ class BananaTimeouts:
         :param extra: the connection's extra, as a dict.
         :raises BananaConfigError: a value that is not a positive number.
         """
-        names = ("start_hold", "check_hold", "read_margin", "connect_timeout")
+        names = ("start_hold", "check_hold", "read_margin", "quick_read", "connect_timeout")
         return cls(**{name: extra[name] for name in names if extra.get(name) is not None})
 
     def for_request(self, endpoint: str, *, waits: bool, remaining: float | None = None) -> tuple[float, float]:
