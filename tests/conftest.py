@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,13 +21,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="banana-tests-airflow-home-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+
+# dag.test() runs only DAGs found in a DAG bundle: the examples and the test scenarios go there.
+DAGS_FOLDER.mkdir()
+for source in [*(ROOT / "example_dags").glob("*.py"), *(ROOT / "tests" / "dags").glob("*.py")]:
+    shutil.copy(source, DAGS_FOLDER / source.name)
 
 # Set before anything imports Airflow, which reads its configuration once.
 os.environ.update(
     {
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "False",
     }

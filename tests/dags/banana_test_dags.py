@@ -1,0 +1,87 @@
+"""
+DAGs the end-to-end tests run with ``dag.test()`` (one scenario each).
+
+Airflow 3's ``dag.test()`` runs only DAGs it finds in a DAG bundle, so the test session copies
+this file into its DAGs folder; the tests import the same objects from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_banana.operators.banana import BananaInferenceOperator
+from airflow_provider_banana.sensors.banana import BananaCallSensor
+
+DEFAULTS = {"retries": 0}
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False, default_args=DEFAULTS)
+
+
+@task
+def downstream(model_outputs: Any) -> Any:
+    """Hand back what arrived, so the test reads it from XCom."""
+    return model_outputs
+
+
+@task
+def gather(all_outputs: Any) -> list[Any]:
+    """Hand back the outputs of every mapped instance, in map order."""
+    return list(all_outputs)
+
+
+def _inference(dag_id: str, **kwargs: Any) -> DAG:
+    with _dag(dag_id) as dag:
+        infer = BananaInferenceOperator(task_id="infer", **kwargs)
+        downstream(infer.output)
+    return dag
+
+
+deferrable_success = _inference(
+    "t_deferrable_success", model_key="wordcount", model_inputs={"prompt": "{{ dag.dag_id }} ok"}, deferrable=True
+)
+# Longer than the server's Start hold: a waiting Start that comes back unfinished, then Checks.
+blocking_success = _inference(
+    "t_blocking_success", model_key="sleep", model_inputs='{"seconds": 2.5, "result": "done"}', timeout=120
+)
+deferrable_failed = _inference(
+    "t_deferrable_failed", model_key="fail", model_inputs={"reason": "bad weights"}, deferrable=True
+)
+blocking_failed = _inference("t_blocking_failed", model_key="fail", model_inputs={"reason": "bad weights"})
+deferred_timeout = _inference(
+    "t_deferred_timeout", model_key="sleep", model_inputs={"seconds": 60}, deferrable=True, timeout=2
+)
+blocking_timeout = _inference("t_blocking_timeout", model_key="sleep", model_inputs={"seconds": 60}, timeout=2)
+
+
+def _sensor(dag_id: str, model_key: str, model_inputs: dict[str, Any], **sensor_kwargs: Any) -> DAG:
+    with _dag(dag_id) as dag:
+        start = BananaInferenceOperator(
+            task_id="start", model_key=model_key, model_inputs=model_inputs, wait_for_completion=False
+        )
+        sensor_kwargs.setdefault("timeout", 60)
+        wait = BananaCallSensor(task_id="wait", call_id=start.output, poke_interval=0.5, **sensor_kwargs)
+        downstream(wait.output)
+    return dag
+
+
+sensor_poke = _sensor("t_sensor_poke", "sleep", {"seconds": 1.5, "result": "poke"}, mode="poke")
+sensor_reschedule = _sensor("t_sensor_reschedule", "sleep", {"seconds": 1.5, "result": "resched"}, mode="reschedule")
+sensor_deferrable = _sensor("t_sensor_deferrable", "sleep", {"seconds": 1.5, "result": "defer"}, deferrable=True)
+sensor_failed = _sensor("t_sensor_failed", "fail", {"reason": "oops"}, mode="poke")
+sensor_soft_fail = _sensor("t_sensor_soft_fail", "fail", {"reason": "oops"}, mode="poke", soft_fail=True)
+sensor_deferrable_failed = _sensor(
+    "t_sensor_deferrable_failed", "fail", {"reason": "oops"}, deferrable=True, soft_fail=True
+)
+sensor_timeout = _sensor("t_sensor_timeout", "sleep", {"seconds": 60}, deferrable=True, timeout=1.5)
+sensor_soft_timeout = _sensor("t_sensor_soft_timeout", "sleep", {"seconds": 60}, mode="poke", timeout=1, soft_fail=True)
+
+with _dag("t_mapped") as mapped:
+    infer = BananaInferenceOperator.partial(task_id="infer", model_key="wordcount", deferrable=True).expand(
+        model_inputs=[{"prompt": "one"}, {"prompt": "two words"}, {"prompt": "now three words"}]
+    )
+    gather(infer.output)

@@ -1,0 +1,729 @@
+"""Test the local Banana-compatible server over real HTTP against a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_banana.devserver.testing import DevServer, DevServerError
+
+pytestmark = pytest.mark.timeout(60)
+
+API_KEY = "devserver-test-key-" + uuid.uuid4().hex
+REPLY_KEYS = {"id", "message", "created", "apiVersion", "callID", "finished", "modelOutputs"}
+CHECK_KEYS = {"id", "message", "created", "apiVersion", "modelOutputs"}
+MISSING = "inference server error: taskID does not exist: task_"
+
+
+# --------------------------------------------------------------------------- model server
+
+
+class ModelServerHandler(BaseHTTPRequestHandler):
+    """A stand-in for a user's model container, its behaviour chosen by the inputs' ``mode``."""
+
+    received: list[tuple[str, Any]]
+    busy_counts: dict[str, int]
+    lock: threading.Lock
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            self.received.append((self.path, body))
+            mode = body.get("mode")
+            if mode == "busy":
+                seen = self.busy_counts.get(body["key"], 0)
+                self.busy_counts[body["key"]] = seen + 1
+                if seen < body["busy_times"]:
+                    return self._answer(423, b'{"message": "busy"}')
+        if mode == "crash":
+            return self._answer(500, b"Traceback (most recent call last):\n" + b"  frame\n" * 200)
+        if mode == "html":
+            return self._answer(200, b"<html>not json</html>", "text/html")
+        if mode == "bad_request":
+            return self._answer(400, b"bad json")
+        return self._answer(200, json.dumps({"received": body}).encode())
+
+    def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep pytest output clean
+
+
+class ModelServer:
+    """A threaded stdlib HTTP model server on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        handler = type(
+            "Handler",
+            (ModelServerHandler,),
+            {"received": [], "busy_counts": {}, "lock": threading.Lock()},
+        )
+        self.handler = handler
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def requests_for(self, key: str) -> list[tuple[str, Any]]:
+        with self.handler.lock:
+            return [(path, body) for path, body in self.handler.received if body.get("key") == key]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[ModelServer]:
+    server = ModelServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def main_server(model_server: ModelServer) -> Iterator[DevServer]:
+    # Nothing listens on the "down" port: the model server is unreachable.
+    models = {"ext": model_server.url, "down": f"http://127.0.0.1:{free_port()}"}
+    with DevServer(start_hold=2, check_hold=2, replicas=32, models=models, log_level="debug") as srv:
+        yield srv
+
+
+@pytest.fixture
+def srv(main_server: DevServer) -> DevServer:
+    if not main_server.running:  # a failed restart test must not take the others down
+        main_server.start()
+    main_server.reset(forget_calls=True)
+    return main_server
+
+
+@pytest.fixture(scope="module")
+def serial_server() -> Iterator[DevServer]:
+    with DevServer(start_hold=2, check_hold=2, replicas=1) as srv:
+        yield srv
+
+
+@pytest.fixture
+def serial(serial_server: DevServer) -> DevServer:
+    serial_server.reset(forget_calls=True)
+    return serial_server
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[DevServer]:
+    with DevServer(api_key=API_KEY, quirk_empty_message=True, log_level="debug") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        s.trust_env = False  # never route loopback traffic through an environment proxy
+        yield s
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def post(session: requests.Session, srv: DevServer, path: str, body: Any, timeout: float = 10) -> Any:
+    response = session.post(srv.url + path, json=body, timeout=timeout, allow_redirects=False)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+def start(
+    session: requests.Session,
+    srv: DevServer,
+    model: str,
+    inputs: Any,
+    start_only: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    body = {
+        "id": str(uuid.uuid4()),
+        "created": int(time.time()),
+        "apiKey": "any",
+        "modelKey": model,
+        "startOnly": start_only,
+        "modelInputs": inputs,
+        **extra,
+    }
+    reply: dict[str, Any] = post(session, srv, "start/v4/", body)
+    assert reply["id"] == body["id"]
+    return reply
+
+
+def check(
+    session: requests.Session, srv: DevServer, call_id: str, long_poll: bool = False, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "id": str(uuid.uuid4()),
+        "created": int(time.time()),
+        "apiKey": "any",
+        "longPoll": long_poll,
+        "callID": call_id,
+        **extra,
+    }
+    reply: dict[str, Any] = post(session, srv, "check/v4/", body, timeout=30)
+    assert reply["id"] == body["id"]
+    assert set(reply) >= CHECK_KEYS
+    return reply
+
+
+def wait_result(session: requests.Session, srv: DevServer, call_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        reply = check(session, srv, call_id, long_poll=True)
+        if reply["message"] not in ("queued", "running"):
+            return reply
+    raise AssertionError(f"call {call_id} never finished")
+
+
+def assert_error_reply(reply: dict[str, Any]) -> None:
+    assert set(reply) == REPLY_KEYS
+    assert "error" in reply["message"]
+    assert reply["finished"] is False
+    assert reply["callID"] == ""
+    assert reply["modelOutputs"] is None
+
+
+# --------------------------------------------------------------------------- endpoints and reply shapes
+
+
+def test_healthcheck(session: requests.Session, srv: DevServer) -> None:
+    response = session.get(srv.url + "healthcheck", timeout=5)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("slash", ["/", ""])
+def test_both_paths_answer_with_and_without_trailing_slash(
+    session: requests.Session, srv: DevServer, slash: str
+) -> None:
+    started = post(
+        session, srv, f"start/v4{slash}", {"id": "a", "modelKey": "wordcount", "modelInputs": {"prompt": "x"}}
+    )
+    assert started["message"] == "success"
+    checked = post(session, srv, f"check/v4{slash}", {"id": "b", "callID": started["callID"]})
+    assert checked["message"] == "success"
+    assert checked["modelOutputs"] == started["modelOutputs"]
+
+
+def test_start_finished_within_hold(session: requests.Session, srv: DevServer) -> None:
+    before = int(time.time())
+    reply = start(session, srv, "wordcount", {"prompt": "some text"})
+    assert set(reply) == REPLY_KEYS
+    assert reply["message"] == "success"
+    assert reply["finished"] is True
+    assert reply["callID"].startswith("call_")
+    uuid.UUID(reply["callID"].removeprefix("call_"))
+    assert reply["modelOutputs"] == [{"words": 2, "characters": 9, "upper": "SOME TEXT", "reversed": "txet emos"}]
+    assert isinstance(reply["created"], int)
+    assert before <= reply["created"] <= int(time.time())
+    assert isinstance(reply["apiVersion"], str)
+    assert reply["apiVersion"]
+
+
+def test_start_only_answers_at_once(session: requests.Session, srv: DevServer) -> None:
+    began = time.monotonic()
+    reply = start(session, srv, "sleep", {"seconds": 1, "result": {"n": 1}}, start_only=True)
+    assert time.monotonic() - began < 0.5
+    assert reply["message"] == ""
+    assert reply["finished"] is False
+    assert reply["modelOutputs"] is None
+    assert reply["callID"].startswith("call_")
+    assert wait_result(session, srv, reply["callID"])["modelOutputs"] == [{"slept": 1.0, "result": {"n": 1}}]
+
+
+def test_start_hold_runs_out(session: requests.Session, srv: DevServer) -> None:
+    srv.settings(start_hold=0.3)
+    began = time.monotonic()
+    reply = start(session, srv, "sleep", {"seconds": 1})
+    assert 0.25 < time.monotonic() - began < 0.9
+    assert reply["finished"] is False
+    assert reply["message"] == ""
+    assert reply["callID"].startswith("call_")
+    assert srv.stats()["start_holds_open_max"] == 1
+
+
+def test_start_failed_within_hold(session: requests.Session, srv: DevServer) -> None:
+    reply = start(session, srv, "fail", {"reason": "boom"})
+    assert reply["message"] == "error: model crashed: boom"
+    assert reply["finished"] is False
+    assert reply["callID"].startswith("call_")
+    assert reply["modelOutputs"] is None
+    assert check(session, srv, reply["callID"])["message"] == "error: model crashed: boom"
+
+
+def test_quirk_switched_on_at_run_time(session: requests.Session, srv: DevServer) -> None:
+    srv.faults(quirk_empty_message=True)
+    reply = start(session, srv, "wordcount", {"prompt": "a b"})
+    assert reply["message"] == ""
+    assert reply["callID"] == ""
+    assert reply["finished"] is True
+    assert reply["modelOutputs"][0]["words"] == 2
+    # startOnly replies need the callID whatever the quirk says
+    assert start(session, srv, "wordcount", {"prompt": "a"}, start_only=True)["callID"].startswith("call_")
+    srv.reset()
+    assert start(session, srv, "wordcount", {"prompt": "a"})["message"] == "success"
+
+
+# --------------------------------------------------------------------------- Check and long polls
+
+
+def test_long_poll_wakes_when_the_call_finishes(session: requests.Session, srv: DevServer) -> None:
+    srv.settings(check_hold=10)
+    finish_at = time.time() + 1.0
+    reply = start(session, srv, "sleep", {"until": finish_at, "result": "done"}, start_only=True)
+    answer = check(session, srv, reply["callID"], long_poll=True)
+    delay = time.time() - finish_at
+    assert answer["message"] == "success"
+    assert answer["modelOutputs"][0]["result"] == "done"
+    assert -0.05 < delay < 0.5, f"answered {delay:.3f}s after the call finished"
+    assert srv.stats()["long_polls_open_max"] == 1
+
+
+def test_long_poll_that_times_out_answers_running(session: requests.Session, srv: DevServer) -> None:
+    srv.settings(check_hold=0.5)
+    reply = start(session, srv, "sleep", {"seconds": 3}, start_only=True)
+    began = time.monotonic()
+    answer = check(session, srv, reply["callID"], long_poll=True)
+    assert 0.45 < time.monotonic() - began < 1.5
+    assert answer["message"] == "running"
+    assert answer["modelOutputs"] is None
+    stats = srv.stats()
+    assert stats["long_polls_open"] == 0
+    assert stats["long_polls_open_max"] == 1
+
+
+def test_check_without_long_poll_answers_at_once(session: requests.Session, srv: DevServer) -> None:
+    reply = start(session, srv, "sleep", {"seconds": 3}, start_only=True)
+    began = time.monotonic()
+    assert check(session, srv, reply["callID"])["message"] == "running"
+    assert time.monotonic() - began < 0.5
+
+
+def test_queued_call_answers_queued(session: requests.Session, serial: DevServer) -> None:
+    first = start(session, serial, "sleep", {"seconds": 1.5}, start_only=True)
+    second = start(session, serial, "sleep", {"seconds": 0.1}, start_only=True)
+    serial.wait_until(lambda s: s["running"] == 1)
+    assert check(session, serial, first["callID"])["message"] == "running"
+    assert check(session, serial, second["callID"])["message"] == "queued"
+    assert serial.stats()["queued"] == 1
+
+
+def test_calls_of_one_model_run_in_start_order(session: requests.Session, serial: DevServer) -> None:
+    key = uuid.uuid4().hex
+    began = time.monotonic()
+    call_ids = [
+        start(session, serial, "flaky", {"key": key, "fail_times": 0, "seconds": 0.1}, start_only=True)["callID"]
+        for _ in range(5)
+    ]
+    attempts = [wait_result(session, serial, call_id)["modelOutputs"][0]["attempt"] for call_id in call_ids]
+    assert attempts == [1, 2, 3, 4, 5]
+    assert time.monotonic() - began >= 0.5  # one at a time
+    assert serial.stats()["per_model"]["flaky"]["running_max"] == 1
+
+
+def test_replicas_bound_concurrency(session: requests.Session, srv: DevServer) -> None:
+    for _ in range(40):
+        start(session, srv, "sleep", {"seconds": 0.5}, start_only=True)
+    stats = srv.wait_until(lambda s: s["finished"] == 40)
+    assert stats["per_model"]["sleep"]["running_max"] == 32
+    assert stats["running_max"] == 32
+    assert stats["queued_max"] >= 8
+    assert stats["starts_taken"] == 40
+
+
+def test_results_expire_after_the_ttl(session: requests.Session, srv: DevServer) -> None:
+    srv.settings(result_ttl=0.5)
+    done = start(session, srv, "wordcount", {"prompt": "x"})["callID"]
+    failed = start(session, srv, "fail", {})["callID"]
+    pending = start(session, srv, "sleep", {"seconds": 2}, start_only=True)["callID"]
+    assert check(session, srv, done)["message"] == "success"
+    time.sleep(0.7)
+    for call_id in (done, failed):
+        assert check(session, srv, call_id)["message"] == MISSING + call_id.removeprefix("call_")
+    # the TTL counts from the finish: a call still running is kept
+    assert check(session, srv, pending)["message"] == "running"
+
+
+def test_unknown_call_id(session: requests.Session, srv: DevServer) -> None:
+    assert check(session, srv, "call_nope")["message"] == MISSING + "nope"
+    assert check(session, srv, "call_nope", long_poll=True)["message"] == MISSING + "nope"
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "message", "outputs"),
+    [
+        ("wordcount", {"prompt": ""}, "success", [{"words": 0, "characters": 0, "upper": "", "reversed": ""}]),
+        ("wordcount", {"text": "x"}, "error: bad modelInputs: 'prompt' must be a string", None),
+        ("wordcount", "not an object", "error: bad modelInputs: expected a JSON object", None),
+        (
+            "sleep",
+            {"seconds": 0.1, "result": [1, {"a": None}]},
+            "success",
+            [{"slept": 0.1, "result": [1, {"a": None}]}],
+        ),
+        ("sleep", {"seconds": 0}, "success", [{"slept": 0.0, "result": None}]),
+        ("sleep", {"seconds": -1}, "error: bad modelInputs: 'seconds' must be between 0 and 86400", None),
+        ("fail", {}, "error: model crashed: demo failure", None),
+        ("fail", {"reason": "out of memory"}, "error: model crashed: out of memory", None),
+        ("list", {}, "success", [[1, 2, 3]]),
+        ("list", {"items": ["a"]}, "success", [["a"]]),
+        ("model-error", {"message": "cuda"}, "success", [{"$error": {"code": "ModelError", "message": "cuda"}}]),
+    ],
+)
+def test_builtin_models(
+    session: requests.Session,
+    srv: DevServer,
+    model: str,
+    inputs: Any,
+    message: str,
+    outputs: Any,
+) -> None:
+    reply = start(session, srv, model, inputs)
+    assert reply["message"] == message
+    if model == "sleep" and outputs is not None:
+        assert reply["modelOutputs"][0]["slept"] == pytest.approx(outputs[0]["slept"], abs=0.05)
+        assert reply["modelOutputs"][0]["result"] == outputs[0]["result"]
+    else:
+        assert reply["modelOutputs"] == outputs
+    assert reply["finished"] is (message == "success")
+    assert srv.stats()["per_model"][model]["starts_taken"] == 1
+
+
+def test_flaky_model_fails_then_succeeds_per_key(session: requests.Session, srv: DevServer) -> None:
+    key, other = uuid.uuid4().hex, uuid.uuid4().hex
+    first = start(session, srv, "flaky", {"key": key, "fail_times": 2})
+    assert first["message"] == f"error: model crashed: flaky failure 1 of 2 for key '{key}'"
+    assert start(session, srv, "flaky", {"key": other, "fail_times": 1})["finished"] is False
+    assert "error" in start(session, srv, "flaky", {"key": key, "fail_times": 2})["message"]
+    third = start(session, srv, "flaky", {"key": key, "fail_times": 2})
+    assert third["message"] == "success"
+    assert third["modelOutputs"] == [{"key": key, "attempt": 3}]
+    srv.reset()  # an admin reset restarts every key's count
+    assert start(session, srv, "flaky", {"key": key, "fail_times": 1})["finished"] is False
+
+
+# --------------------------------------------------------------------------- external model servers
+
+
+def test_external_model_gets_inputs_verbatim(
+    session: requests.Session, srv: DevServer, model_server: ModelServer
+) -> None:
+    key = uuid.uuid4().hex
+    inputs = {"key": key, "prompt": "héllo", "nested": [1, {"x": None}]}
+    reply = start(session, srv, "ext", inputs)
+    assert reply["message"] == "success"
+    assert reply["modelOutputs"] == [{"received": inputs}]
+    assert model_server.requests_for(key) == [("/", inputs)]
+
+
+def test_external_model_busy_is_retried(session: requests.Session, srv: DevServer, model_server: ModelServer) -> None:
+    key = uuid.uuid4().hex
+    inputs = {"mode": "busy", "key": key, "busy_times": 2}
+    reply = start(session, srv, "ext", inputs, start_only=True)
+    assert wait_result(session, srv, reply["callID"])["modelOutputs"] == [{"received": inputs}]
+    assert len(model_server.requests_for(key)) == 3
+    stats = srv.stats()
+    assert stats["finished"] == 1
+    assert stats["failed"] == 0
+
+
+def test_external_model_busy_call_reports_queued(
+    session: requests.Session, srv: DevServer, model_server: ModelServer
+) -> None:
+    key = uuid.uuid4().hex
+    # 0.2 + 0.4 + 0.8 + 1.6 s of back-off: the call spends nearly all of it queued
+    reply = start(session, srv, "ext", {"mode": "busy", "key": key, "busy_times": 4}, start_only=True)
+    time.sleep(0.5)
+    assert check(session, srv, reply["callID"])["message"] == "queued"
+    assert wait_result(session, srv, reply["callID"])["message"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("model", "mode", "expected"),
+    [
+        ("ext", "crash", "error: model server answered HTTP 500: Traceback (most recent call last): frame"),
+        ("ext", "bad_request", "error: model server answered HTTP 400: bad json"),
+        ("ext", "html", "error: model server answered HTTP 200 with a non-JSON body: <html>not json</html>"),
+        ("down", "echo", "error: model server unreachable: ConnectError"),
+    ],
+)
+def test_external_model_failures(
+    session: requests.Session, srv: DevServer, model: str, mode: str, expected: str
+) -> None:
+    reply = start(session, srv, model, {"mode": mode})
+    assert reply["message"].startswith(expected)
+    assert len(reply["message"]) < len(expected) + 220  # a long body is cut
+    assert reply["finished"] is False
+    assert srv.stats()["failed"] == 1
+
+
+# --------------------------------------------------------------------------- bad requests and the apiKey
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("start/v4/", b"{not json", "error: invalid JSON body"),
+        ("start/v4/", b"", "error: invalid JSON body"),
+        ("start/v4/", b"[1, 2]", "error: invalid JSON body: expected an object"),
+        ("start/v4/", b'{"modelInputs": {}}', "error: missing field 'modelKey'"),
+        ("start/v4/", b'{"modelKey": "", "modelInputs": {}}', "error: field 'modelKey' must be a non-empty string"),
+        ("start/v4/", b'{"modelKey": "wordcount"}', "error: missing field 'modelInputs'"),
+        (
+            "start/v4/",
+            b'{"modelKey": "wordcount", "modelInputs": {}, "startOnly": "yes"}',
+            "error: field 'startOnly' must be a boolean",
+        ),
+        ("start/v4/", b'{"modelKey": "nope", "modelInputs": {}}', "error: unknown modelKey 'nope'"),
+        ("check/v4/", b'{"longPoll": true}', "error: missing field 'callID'"),
+        ("check/v4/", b'{"callID": 5}', "error: field 'callID' must be a non-empty string"),
+        ("check/v4/", b'{"callID": "call_x", "longPoll": 1}', "error: field 'longPoll' must be a boolean"),
+    ],
+)
+def test_malformed_requests(session: requests.Session, srv: DevServer, path: str, body: bytes, message: str) -> None:
+    response = session.post(srv.url + path, data=body, headers={"Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 200
+    reply = response.json()
+    assert_error_reply(reply)
+    assert reply["message"] == message
+    assert reply["id"]  # generated when the request had none
+    assert srv.stats()["starts_taken"] == 0
+
+
+def test_request_id_is_echoed_on_errors(session: requests.Session, srv: DevServer) -> None:
+    reply = post(session, srv, "start/v4/", {"id": "mine", "modelKey": "nope", "modelInputs": {}})
+    assert reply["id"] == "mine"
+
+
+def test_api_key_required(session: requests.Session, keyed_server: DevServer) -> None:
+    keyed_server.reset(forget_calls=True)
+    replies = []
+    for key in (None, "wrong", API_KEY[:-1], 12):
+        body: dict[str, Any] = {"id": "r", "modelKey": "wordcount", "modelInputs": {"prompt": "x"}}
+        if key is not None:
+            body["apiKey"] = key
+        reply = post(session, keyed_server, "start/v4/", body)
+        assert_error_reply(reply)
+        assert reply["message"] == "error: invalid apiKey"
+        replies.append(reply)
+    wrong_check = post(session, keyed_server, "check/v4/", {"apiKey": "wrong", "callID": "call_x"})
+    assert wrong_check["message"] == "error: invalid apiKey"
+    assert keyed_server.stats()["starts_taken"] == 0
+
+    good = post(
+        session,
+        keyed_server,
+        "start/v4/",
+        {"apiKey": API_KEY, "modelKey": "wordcount", "modelInputs": {"prompt": "x"}, "startOnly": True},
+    )
+    assert good["callID"].startswith("call_")
+    checked = post(session, keyed_server, "check/v4/", {"apiKey": API_KEY, "callID": good["callID"], "longPoll": True})
+    assert checked["message"] == "success"
+    replies += [good, checked, wrong_check]
+
+    assert all(API_KEY not in json.dumps(reply) for reply in replies)
+    assert API_KEY not in keyed_server.log_text()
+    assert "call_" in keyed_server.log_text()  # the debug log was on, so the check above means something
+
+
+def test_quirk_from_the_command_line(session: requests.Session, keyed_server: DevServer) -> None:
+    keyed_server.reset(forget_calls=True)  # a reset keeps the launch-time quirk
+    reply = post(
+        session, keyed_server, "start/v4/", {"apiKey": API_KEY, "modelKey": "list", "modelInputs": {"items": [7]}}
+    )
+    assert reply["message"] == ""
+    assert reply["callID"] == ""
+    assert reply["finished"] is True
+    assert reply["modelOutputs"] == [[7]]
+
+
+def test_require_api_key_needs_the_environment_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BANANA_DEVSERVER_API_KEY"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_banana.devserver", "--port", "0", "--require-api-key"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "BANANA_DEVSERVER_API_KEY" in result.stderr
+
+
+# --------------------------------------------------------------------------- fault switches
+
+
+def test_fail_next_with_retry_after(session: requests.Session, srv: DevServer) -> None:
+    srv.faults(fail_next={"count": 2, "status": 503, "endpoints": ["start"], "retry_after": 2})
+    body = {"modelKey": "wordcount", "modelInputs": {"prompt": "x"}}
+    for _ in range(2):
+        response = session.post(srv.url + "start/v4/", json=body, timeout=5)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "2"
+        assert "503" in response.json()["message"]
+        # Check is not among the endpoints: it is served normally in between
+        assert check(session, srv, "call_x")["message"].startswith(MISSING)
+    assert post(session, srv, "start/v4/", body)["message"] == "success"
+    stats = srv.stats()
+    assert stats["start_requests"] == 3
+    assert stats["starts_taken"] == 1
+    assert stats["faults_served"] == 2
+
+
+def test_drop_next_breaks_the_read_but_takes_the_start(session: requests.Session, srv: DevServer) -> None:
+    srv.faults(drop_next={"count": 1, "endpoints": ["start"]})
+    body = {"modelKey": "sleep", "modelInputs": {"seconds": 0.1}, "startOnly": True}
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+        session.post(srv.url + "start/v4/", json=body, timeout=5)
+    stats = srv.wait_until(lambda s: s["finished"] == 1)
+    assert stats["starts_taken"] == 1
+    assert stats["start_requests"] == 1
+    # the next request is served normally, on a fresh connection
+    assert post(session, srv, "start/v4/", body)["callID"].startswith("call_")
+    assert "Exception in ASGI application" not in srv.log_text()
+
+
+def test_drop_next_on_check(session: requests.Session, srv: DevServer) -> None:
+    call_id = start(session, srv, "wordcount", {"prompt": "x"})["callID"]
+    srv.faults(drop_next={"endpoints": ["check"]})
+    with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+        session.post(srv.url + "check/v4/", json={"callID": call_id}, timeout=5)
+    assert check(session, srv, call_id)["message"] == "success"
+    assert srv.stats()["check_requests"] == 2
+
+
+def test_non_json_next(session: requests.Session, srv: DevServer) -> None:
+    srv.faults(non_json_next={"count": 1, "endpoints": ["start"]})
+    response = session.post(
+        srv.url + "start/v4/", json={"modelKey": "wordcount", "modelInputs": {"prompt": "x"}}, timeout=5
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text == "<html>oops</html>"
+    with pytest.raises(requests.exceptions.JSONDecodeError):
+        response.json()
+    stats = srv.stats()
+    assert stats["start_requests"] == 1
+    assert stats["starts_taken"] == 0
+
+
+@pytest.mark.parametrize("raw", [[1, 2], {"finished": True}, "just a string", None])
+def test_raw_next(session: requests.Session, srv: DevServer, raw: Any) -> None:
+    srv.faults(raw_next={"count": 1, "endpoints": ["check"], "body": raw})
+    response = session.post(srv.url + "check/v4/", json={"callID": "call_x"}, timeout=5)
+    assert response.status_code == 200
+    assert response.json() == raw
+    assert check(session, srv, "call_x")["message"].startswith(MISSING)
+
+
+def test_delay_next_outlasts_the_client_timeout(session: requests.Session, srv: DevServer) -> None:
+    srv.faults(delay_next={"count": 1, "seconds": 1.0, "endpoints": ["start"]})
+    body = {"modelKey": "wordcount", "modelInputs": {"prompt": "x"}}
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        session.post(srv.url + "start/v4/", json=body, timeout=0.3)
+    assert srv.stats()["starts_taken"] == 0  # still waiting
+    # the request is processed once the delay is over, although the client gave up
+    srv.wait_until(lambda s: s["starts_taken"] == 1, timeout=5)
+
+
+def test_fault_switches_merge_and_clear(srv: DevServer) -> None:
+    srv.faults(fail_next={"count": 2})
+    state = srv.faults(delay_next={"seconds": 1})
+    assert set(state["faults"]) == {"fail_next", "delay_next"}
+    assert srv.faults(fail_next=None)["faults"].keys() == {"delay_next"}
+    srv.reset()
+    assert srv.faults()["faults"] == {}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"explode_next": {}},
+        {"fail_next": {"count": -1}},
+        {"fail_next": {"status": 200}},
+        {"fail_next": {"endpoints": ["admin"]}},
+        {"delay_next": {}},
+        {"raw_next": {"count": 1}},
+        {"drop_next": {"cuont": 1}},
+        {"quirk_empty_message": "yes"},
+    ],
+)
+def test_bad_fault_specs_are_refused(srv: DevServer, spec: dict[str, Any]) -> None:
+    with pytest.raises(DevServerError, match="HTTP 400"):
+        srv.faults(**spec)
+    assert srv.faults()["faults"] == {}
+
+
+# --------------------------------------------------------------------------- forget and restart
+
+
+def test_forget_drops_calls_and_answers_held_long_polls(session: requests.Session, srv: DevServer) -> None:
+    srv.settings(check_hold=10)
+    done = start(session, srv, "wordcount", {"prompt": "x"})["callID"]
+    pending = start(session, srv, "sleep", {"seconds": 5}, start_only=True)["callID"]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(check, session, srv, pending, True)
+        srv.wait_until(lambda s: s["long_polls_open"] == 1)
+        began = time.monotonic()
+        assert srv.forget() == 2
+        assert held.result(timeout=5)["message"] == MISSING + pending.removeprefix("call_")
+        assert time.monotonic() - began < 1
+    assert check(session, srv, done)["message"] == MISSING + done.removeprefix("call_")
+    stats = srv.stats()
+    assert stats["running"] == 0
+    assert stats["calls_kept"] == 0
+    # the pools restarted: new calls still run
+    assert start(session, srv, "wordcount", {"prompt": "x"})["message"] == "success"
+
+
+def test_restart_loses_calls_and_answers_held_requests(session: requests.Session, srv: DevServer) -> None:
+    port, pid = srv.port, srv.pid
+    call_id = start(session, srv, "sleep", {"seconds": 5}, start_only=True)["callID"]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(check, session, srv, call_id, True)
+        srv.wait_until(lambda s: s["long_polls_open"] == 1)
+        srv.restart()
+        # shutdown answers held long polls with the call's state instead of cutting them off
+        assert held.result(timeout=5)["message"] == "running"
+    assert (srv.port, srv.url) == (port, f"http://127.0.0.1:{port}/")
+    assert srv.pid != pid
+    assert check(session, srv, call_id)["message"] == MISSING + call_id.removeprefix("call_")
+    assert srv.stats()["starts_taken"] == 0
+
+
+def test_devserver_reports_a_failed_start() -> None:
+    with pytest.raises(DevServerError, match="exited during startup"), DevServer(extra_args=["--replicas", "0"]):
+        pass
