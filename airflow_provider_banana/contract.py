@@ -758,6 +758,31 @@ def pause_before_next_check(waited: float, poll_interval: float, remaining: floa
     return max(0.0, min(poll_interval - waited, remaining))
 
 
+class Reattach(str, enum.Enum):
+    """What a new try does with a call an earlier try of the same task instance started."""
+
+    #: Still running: wait for it instead of paying for a new one.
+    WAIT = "wait"
+    #: Finished: its outputs are the task's result.
+    DONE = "done"
+    #: Failed, expired or unknown: start a new call.
+    RESTART = "restart"
+
+
+def reattach_decision(outcome: BananaResult | BananaCallError) -> Reattach:
+    """
+    Return what to do with a stored call, given a Check of it.
+
+    Transport trouble is not an outcome: it is raised, so the try fails without starting a second
+    call for a call that may still run.
+
+    :param outcome: the Check's result, or the :class:`BananaCallError` it raised.
+    """
+    if isinstance(outcome, BananaCallError):
+        return Reattach.RESTART
+    return Reattach.DONE if outcome.finished else Reattach.WAIT
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Trigger events: the payload a trigger yields and the operator or sensor reads back.
 

@@ -15,10 +15,13 @@ from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
     BananaRetryPolicy,
+    Reattach,
     outputs_from_event,
+    reattach_decision,
     validate_model_inputs,
     validate_positive,
 )
+from airflow_provider_banana.exceptions import BananaCallError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import BananaHook
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
 
@@ -29,6 +32,45 @@ if TYPE_CHECKING:
 #: clearer ``timeout`` event normally wins and the backstop only fires if the trigger cannot run.
 DEFER_BACKSTOP_MARGIN = 60.0
 _NO_CANCEL = "Banana v4 has no cancel endpoint: the call runs on and is billed"
+#: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
+#: Renaming it on a deployed version breaks the reattachment of tries in flight.
+CALL_ID_KEY = "banana_call_id"
+
+
+class StoredCall:
+    """
+    The call id a task instance keeps in Airflow's ``task_state_store``, so a retry reattaches.
+
+    Airflow 3.3 gives each task instance a store that outlives its tries (the one
+    ``airflow.sdk.ResumableJobMixin`` uses). Where there is none (Airflow before 3.3, or
+    ``durable=False``) every method does nothing and a retried task starts a new call.
+
+    :param context: the task's context.
+    :param enabled: whether to use the store at all.
+    """
+
+    def __init__(self, context: Context, enabled: bool = True) -> None:
+        self._store: Any = context.get("task_state_store") if enabled else None
+
+    @property
+    def available(self) -> bool:
+        """Return whether call ids survive this try."""
+        return self._store is not None
+
+    def get(self) -> str | None:
+        """Return the call id an earlier try stored, if any."""
+        value = self._store.get(CALL_ID_KEY) if self._store is not None else None
+        return value if isinstance(value, str) and value else None
+
+    def save(self, call_id: str) -> None:
+        """Persist the call id before any wait, so a retry waits for it instead of paying again."""
+        if self._store is not None:
+            self._store.set(CALL_ID_KEY, call_id)
+
+    def forget(self) -> None:
+        """Drop the call id once the call ended, so clearing the task later starts a fresh call."""
+        if self._store is not None:
+            self._store.delete(CALL_ID_KEY)
 
 
 class BananaInferenceOperator(BaseOperator):
@@ -57,6 +99,10 @@ class BananaInferenceOperator(BaseOperator):
         per 50 s of waiting instead of one per ``poll_interval``).
     :param max_attempts: tries of one request through transient trouble, with exponential backoff
         and jitter (a Start only where it provably was not taken).
+    :param durable: keep the call id in Airflow's ``task_state_store`` (Airflow 3.3+) before
+        waiting, so that a retried task, or one whose worker died, reattaches to its call instead
+        of paying for a second one. The Start is then always ``startOnly``, so that the id is
+        stored before any wait.
     """
 
     template_fields: Sequence[str] = ("model_inputs", "model_key")
@@ -75,10 +121,12 @@ class BananaInferenceOperator(BaseOperator):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         long_poll: bool = True,
         max_attempts: int = BananaRetryPolicy.max_attempts,
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model_inputs = model_inputs
+        self.durable = durable
         self.model_key = model_key
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable
@@ -96,24 +144,25 @@ class BananaInferenceOperator(BaseOperator):
         return BananaHook(self.banana_conn_id, retry_policy=BananaRetryPolicy(max_attempts=self.max_attempts))
 
     def execute(self, context: Context) -> Any:
-        """Start the inference, then return its outputs (or its callID), or defer the wait."""
+        """Start the inference (or reattach to this task's earlier call), then return or defer."""
         inputs = validate_model_inputs(self.model_inputs)
+        # The timeout counts per try, like execution_timeout: a reattached call gets a full one.
         started_at = time.time()
-        # A waiting Start holds the worker up to start_hold and cannot be abandoned at the deadline
-        # (its answer is the only copy of the callID), so short timeouts and deferral use startOnly.
-        short = self.timeout < self.hook.settings.timeouts.start_hold
-        start_only = self.deferrable or not self.wait_for_completion or short
-        result = self.hook.start(inputs, self.model_key, start_only=start_only)
-        if result.finished:
-            self.log.info("Banana call finished at once, in %.1f s", time.time() - started_at)
-            return result.model_outputs or []
-        call_id = self._call_id = result.call_id or ""
+        stored = StoredCall(context, enabled=self.durable and self.wait_for_completion)
+        call_id, outputs = self._reattach(stored)
+        if outputs is not None:
+            return outputs
+        if call_id is None:
+            call_id, outputs = self._start(inputs, stored, started_at)
+            if outputs is not None:
+                return outputs
+        self._call_id = call_id
         context["ti"].xcom_push(key="call_id", value=call_id)
         if not self.wait_for_completion:
             self.log.info("Started Banana call %s; not waiting for it", call_id)
             return call_id
         if self.deferrable:
-            self.log.info("Started Banana call %s; deferring the wait to the triggerer", call_id)
+            self.log.info("Waiting for Banana call %s in the triggerer", call_id)
             self.defer(
                 trigger=BananaCallTrigger(
                     call_id=call_id,
@@ -125,16 +174,60 @@ class BananaInferenceOperator(BaseOperator):
                     max_attempts=self.max_attempts,
                 ),
                 method_name="execute_complete",
-                # Airflow does not enforce execution_timeout while a task is deferred unless told.
+                # A backstop in case the trigger cannot run; Airflow also caps it by execution_timeout.
                 timeout=timedelta(seconds=self.timeout + DEFER_BACKSTOP_MARGIN),
             )
-        return self.hook.wait(
-            call_id,
-            timeout=self.timeout,
-            started_at=started_at,
-            long_poll=self.long_poll,
-            poll_interval=self.poll_interval,
-        )
+        try:
+            outputs = self.hook.wait(
+                call_id,
+                timeout=self.timeout,
+                started_at=started_at,
+                long_poll=self.long_poll,
+                poll_interval=self.poll_interval,
+            )
+        except BananaCallError:
+            stored.forget()
+            raise
+        stored.forget()
+        return outputs
+
+    def _reattach(self, stored: StoredCall) -> tuple[str | None, list[Any] | None]:
+        previous = stored.get()
+        if previous is None:
+            return None, None
+        try:
+            outcome: Any = self.hook.check(previous, long_poll=False)
+        except BananaCallError as e:
+            outcome = e
+        decision = reattach_decision(outcome)
+        if decision is Reattach.DONE:
+            self.log.info("Banana call %s from an earlier try has finished; returning its outputs", previous)
+            stored.forget()
+            return previous, outcome.model_outputs or []
+        if decision is Reattach.WAIT:
+            self.log.info(
+                "Reattaching to Banana call %s from an earlier try (%s) instead of starting a new one",
+                previous,
+                outcome.status_text,
+            )
+            return previous, None
+        self.log.warning("Banana call %s from an earlier try ended (%s); starting a new call", previous, outcome)
+        stored.forget()
+        return None, None
+
+    def _start(self, inputs: dict[str, Any], stored: StoredCall, started_at: float) -> tuple[str, list[Any] | None]:
+        # A waiting Start holds the worker up to start_hold, cannot be abandoned at the deadline (its
+        # answer is the only copy of the call id) and leaves nothing to reattach to if the worker dies
+        # while it waits; deferral, a durable call and a short timeout use startOnly instead.
+        short = self.timeout < self.hook.settings.timeouts.start_hold
+        start_only = self.deferrable or not self.wait_for_completion or stored.available or short
+        result = self.hook.start(inputs, self.model_key, start_only=start_only)
+        if result.finished:
+            self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
+            return result.call_id or "", result.model_outputs or []
+        call_id = result.call_id or ""
+        stored.save(call_id)
+        return call_id, None
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[Any]:
         """
@@ -144,9 +237,27 @@ class BananaInferenceOperator(BaseOperator):
         :raises BananaTimeoutError: the timeout passed while deferred.
         :raises BananaError: a missing or malformed event.
         """
-        call_id, outputs = outputs_from_event(event)
+        stored = StoredCall(context, enabled=self.durable)
+        try:
+            call_id, outputs = outputs_from_event(event)
+        except BananaCallError:
+            stored.forget()
+            raise
+        stored.forget()
         self.log.info("Banana call %s finished", call_id)
         return outputs
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after deferral; a deferral that timed out fails naming the call it waited for."""
+        from airflow.sdk.exceptions import TaskDeferralTimeout
+
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferralTimeout as e:
+            ti = context["ti"]
+            call_id = ti.xcom_pull(task_ids=ti.task_id, key="call_id", map_indexes=ti.map_index)
+            limit = self.execution_timeout.total_seconds() if self.execution_timeout else self.timeout
+            raise BananaTimeoutError(call_id, min(self.timeout, limit), f"deferral timed out: {e}") from e
 
     def on_kill(self) -> None:
         """Log the running call: Banana v4 cannot cancel it."""

@@ -7,7 +7,7 @@ this file into its DAGs folder; the tests import the same objects from here.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, task
@@ -85,3 +85,52 @@ with _dag("t_mapped") as mapped:
         model_inputs=[{"prompt": "one"}, {"prompt": "two words"}, {"prompt": "now three words"}]
     )
     gather(infer.output)
+
+# Durable calls: the first try fails after its Start; the retry must reattach to the same call.
+RETRY = {"retries": 1, "retry_delay": 0}
+durable_deferred_timeout = _inference(
+    "t_durable_deferred_timeout",
+    model_key="sleep",
+    model_inputs={"seconds": 4.5, "result": "same call"},
+    deferrable=True,
+    timeout=3,
+    **RETRY,
+)
+durable_blocking_timeout = _inference(
+    "t_durable_blocking_timeout",
+    model_key="sleep",
+    model_inputs={"seconds": 4.5, "result": "same call"},
+    timeout=3,
+    **RETRY,
+)
+durable_deferred_fault = _inference(
+    "t_durable_deferred_fault",
+    model_key="sleep",
+    model_inputs={"seconds": 2, "result": "same call"},
+    deferrable=True,
+    max_attempts=1,
+    **RETRY,
+)
+durable_blocking_fault = _inference(
+    "t_durable_blocking_fault",
+    model_key="sleep",
+    model_inputs={"seconds": 2, "result": "same call"},
+    max_attempts=1,
+    **RETRY,
+)
+durable_execution_timeout = _inference(
+    "t_durable_execution_timeout",
+    model_key="sleep",
+    model_inputs={"seconds": 4, "result": "same call"},
+    execution_timeout=timedelta(seconds=2.5),
+    **RETRY,
+)
+not_durable = _inference(
+    "t_not_durable",
+    model_key="sleep",
+    model_inputs={"seconds": 2, "result": "new call"},
+    deferrable=True,
+    max_attempts=1,
+    durable=False,
+    **RETRY,
+)

@@ -1,0 +1,154 @@
+"""A local Banana-compatible (v4) inference server for development, tests and benchmarks.
+
+It speaks the server side of the Banana v4 REST API (see ``BANANA_API.md``):
+``POST /start/v4/`` and ``POST /check/v4/`` (each also without the trailing
+slash), with demo models built in and any Banana-style model server (the
+``POST /`` container contract: Potassium, the sanic serverless-template) usable
+behind it. It runs on Starlette and uvicorn, which Airflow 3 already ships.
+
+Command line
+============
+
+::
+
+    python -m airflow_provider_banana.devserver --host 127.0.0.1 --port 8000
+
+``--host HOST`` / ``--port PORT``
+    Address to bind (default ``127.0.0.1:8000``). ``--port 0`` picks a free port.
+    Once serving, one line goes to stdout: ``Banana devserver listening on http://HOST:PORT``.
+``--start-hold SECONDS``
+    How long a Start without ``startOnly`` waits for the result (default 50).
+``--check-hold SECONDS``
+    How long a ``longPoll`` Check is held (default 50). A held request is answered
+    the moment its call finishes, not at the next poll tick.
+``--result-ttl SECONDS``
+    How long finished and failed results are kept (default 600); after that a Check
+    answers ``taskID does not exist``, as for an unknown call.
+``--replicas N``
+    Calls of one model that run at once (default 32). Each model has a FIFO queue
+    and N asyncio workers.
+``--model KEY=URL`` (repeatable)
+    Serve modelKey ``KEY`` from an external model server: the call's
+    ``modelInputs`` are POSTed as JSON to ``URL/``. A 200 JSON reply becomes
+    ``modelOutputs[0]``; 423 means busy: the call goes back to ``queued`` and is
+    retried after 0.2 s, backing off to 2 s; any other status, a non-JSON reply or
+    a transport failure fails the call with a message naming it (body cut to 200
+    characters). ``--model-timeout SECONDS`` bounds one request (default 600).
+``--quirk-empty-message``
+    Answer a Start that finished within its hold with ``"message": ""`` and
+    ``"callID": ""`` (still ``finished: true`` with the outputs): the form
+    recorded from the real service in 2023.
+``--require-api-key``
+    Accept only the apiKey held in the environment variable
+    ``BANANA_DEVSERVER_API_KEY``. The key is never taken on the command line
+    (argv is visible to every user through ``ps``), never logged and never echoed.
+``--log-level LEVEL``
+    ``debug`` logs one line per call state change; ``info`` (default) logs startup
+    and admin changes. Request bodies are never logged.
+``--access-log``
+    Turn on uvicorn's per-request access log (off by default: it costs CPU under load).
+``--backlog N``, ``--http {auto,httptools,h11}``, ``--loop {auto,uvloop,asyncio}``
+    Server tuning; ``auto`` prefers httptools and uvloop when installed.
+
+The server raises its soft open-file limit to the hard limit (every held request
+is a socket), sets no concurrency cap, and on SIGTERM or SIGINT answers every held
+request with the call's current state before it exits.
+
+Replies
+=======
+
+Every reply is HTTP 200 JSON with ``id`` (the request's, or a fresh uuid),
+``message``, ``created`` (integer Unix seconds) and ``apiVersion``
+(``"January 11, 2023"``, a free-form label).
+
+- Start, finished within the hold: ``message "success"``, ``callID "call_<uuid4>"``,
+  ``finished true``, ``modelOutputs [<model reply>]``.
+- Start, not finished (``startOnly``, or the hold ran out): ``message ""``, the
+  ``callID``, ``finished false``, ``modelOutputs null``.
+- Start, the call failed within the hold: ``message`` is the call's error
+  (contains "error"), the ``callID``, ``finished false``, ``modelOutputs null``.
+- Check: ``message`` is ``queued``, ``running``, ``success`` (with
+  ``modelOutputs [<reply>]``), the call's error text, or
+  ``inference server error: taskID does not exist: task_<uuid>`` for an unknown,
+  forgotten or expired ``call_<uuid>``.
+- A bad apiKey, malformed JSON, a missing or mistyped field or an unknown
+  modelKey: ``message`` like ``error: invalid apiKey``, ``error: invalid JSON body``,
+  ``error: missing field 'callID'``, ``error: unknown modelKey 'x'``, with
+  ``callID ""``, ``finished false``, ``modelOutputs null``.
+
+Built-in models
+===============
+
+``wordcount``
+    ``{"prompt": "some text"}`` → ``{"words": 2, "characters": 9, "upper": "SOME TEXT",
+    "reversed": "txet emos"}``; no ``prompt`` string fails the call.
+``sleep``
+    ``{"seconds": 1.5, "result": <any JSON>}`` sleeps, then → ``{"slept": 1.5,
+    "result": ...}``. ``{"until": <Unix time>}`` instead sleeps until that instant.
+    ``seconds`` defaults to 1 and must be within 0..86400.
+``fail``
+    Always fails with ``error: model crashed: <inputs.reason or "demo failure">``.
+``list``
+    Replies with a JSON list, ``inputs.items`` or ``[1, 2, 3]``: ``modelOutputs`` is ``[[...]]``.
+``model-error``
+    Replies ``{"$error": {"code": "ModelError", "message": ...}}``, which Banana
+    reports as a success.
+``flaky``
+    ``{"key": "k", "fail_times": 2, "seconds": 0}``: the first ``fail_times``
+    calls for a key fail, later ones succeed with ``{"key": "k", "attempt": n}``.
+    Counters last for the process (an admin reset clears them).
+
+Except ``fail`` and ``model-error``, which take anything, the built-in models fail
+a call whose ``modelInputs`` is not a JSON object. An external ``--model`` with a
+built-in's key replaces the built-in.
+
+Admin API (for tests; not part of Banana's API and unauthenticated)
+====================================================================
+
+``GET /healthcheck``
+    200 ``{"state": "healthy"}``.
+``GET /_admin/stats``
+    Counters: ``start_requests`` (received, faults included), ``starts_taken``
+    (calls created), ``check_requests``, ``long_polls_open`` / ``_max``,
+    ``start_holds_open`` / ``_max``, ``running`` / ``_max``, ``queued`` / ``_max``,
+    ``finished``, ``failed``, ``faults_served``, ``calls_kept`` and ``per_model``
+    ``{key: {"starts_taken", "running", "running_max"}}``.
+``POST /_admin/reset``
+    Zero the counters (peaks restart from the current values), disarm every fault,
+    restore the launch settings (including the launch-time quirk) and the flaky
+    counters. ``{"forget_calls": true}`` also drops every call.
+``POST /_admin/forget``
+    Drop every call and result now, cancelling running ones, as a restart would;
+    held requests are answered at once (a held Check gets ``taskID does not exist``).
+``GET|POST /_admin/settings``
+    Read or change ``start_hold``, ``check_hold``, ``result_ttl`` and
+    ``quirk_empty_message`` while running.
+``GET|POST /_admin/faults``
+    Read or arm fault switches; a POST merges with the armed ones, ``null`` or
+    ``"count": 0`` disarms one. Each switch takes ``count`` (default 1) and
+    ``endpoints`` (default ``["start", "check"]``); a request consumes at most one
+    switch, tried in this order:
+
+    ``fail_next: {"status": 503, "retry_after": 2, "message": "..."}``
+        Answer with that status (400 to 599, default 503), a ``Retry-After`` header if
+        given and a JSON body ``{"message": ...}``, without processing the request
+        (a Start creates no call).
+    ``raw_next: {"body": <any JSON>, "status": 200}``
+        Answer with that JSON body, without processing the request.
+    ``non_json_next: {"body": "<html>oops</html>", "content_type": "text/html"}``
+        Answer 200 with a non-JSON body, without processing the request.
+    ``drop_next: {}``
+        Process the request (a Start creates its call), then send the headers and
+        half the body and close the connection: ``requests`` raises
+        ``ChunkedEncodingError``, httpx ``RemoteProtocolError``.
+    ``delay_next: {"seconds": 5}``
+        Read the request, wait, then process and answer it. The request is
+        processed even if the client timed out meanwhile.
+
+    ``{"quirk_empty_message": true}`` in the same body switches the quirk.
+    Every faulted request counts in ``start_requests`` / ``check_requests``; only
+    processed Starts count in ``starts_taken``.
+
+In tests, :class:`airflow_provider_banana.devserver.testing.DevServer` runs the
+server in a subprocess and wraps this API.
+"""

@@ -1,0 +1,242 @@
+"""Expose the devserver over HTTP: Banana's two endpoints, a healthcheck and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from airflow_provider_banana.devserver import protocol
+from airflow_provider_banana.devserver.faults import UNPROCESSED_KINDS, FaultRule, FaultSpecError, FaultSwitches
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
+    from airflow_provider_banana.devserver.service import BananaService
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+class ConnectionDropped(Exception):
+    """Raised on purpose after a partial answer so that the server aborts the connection.
+
+    uvicorn closes the transport when an app raises after starting its response;
+    :class:`DropFilter` keeps that deliberate case out of the error log.
+    """
+
+
+class DropFilter(logging.Filter):
+    """Hide uvicorn's "Exception in ASGI application" record for deliberate drops."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record except one caused by :class:`ConnectionDropped`.
+
+        :param record: the log record.
+        """
+        return not (record.exc_info and isinstance(record.exc_info[1], ConnectionDropped))
+
+
+class DroppedResponse(Response):
+    """Announce the whole body, send half of it, then break the connection.
+
+    The client sees headers and a truncated body, the way a crashed proxy or a
+    reset connection looks: ``requests`` raises ``ChunkedEncodingError``,
+    httpx ``RemoteProtocolError``.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the start of the response and part of the body, then raise.
+
+        :param scope: the ASGI scope.
+        :param receive: the ASGI receive channel.
+        :param send: the ASGI send channel.
+        :raises ConnectionDropped: always.
+        """
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
+        raise ConnectionDropped()
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Build a compact JSON response.
+
+    :param payload: any JSON-ready value.
+    :param status: HTTP status.
+    :param headers: extra headers.
+    """
+    return Response(protocol.encode(payload), status_code=status, headers=headers, media_type=_JSON)
+
+
+def fault_response(rule: FaultRule, endpoint: str) -> Response:
+    """Build the answer of a switch that replaces processing.
+
+    :param rule: a ``fail_next``, ``raw_next`` or ``non_json_next`` switch.
+    :param endpoint: ``start`` or ``check``, for the default message.
+    """
+    if rule.kind == "fail_next":
+        headers = {"Retry-After": rule.retry_after} if rule.retry_after is not None else None
+        message = rule.message or f"injected fault: HTTP {rule.status} on {endpoint}"
+        return json_response({"message": message}, status=rule.status, headers=headers)
+    if rule.kind == "raw_next":
+        return json_response(rule.body, status=rule.status)
+    return Response(str(rule.body), media_type=rule.content_type)
+
+
+async def read_body(request: Request) -> bytes | None:
+    """Read a request body, refusing one larger than :data:`protocol.MAX_BODY_BYTES`.
+
+    :param request: the request.
+    :return: the body, or None when it is too large.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > protocol.MAX_BODY_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > protocol.MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(service: BananaService) -> Starlette:
+    """Build the ASGI app around a service.
+
+    :param service: the server's state and behaviour; opened and closed by the app's lifespan.
+    :return: the Starlette application.
+    """
+    faults = FaultSwitches()
+
+    async def banana_endpoint(request: Request, endpoint: str) -> Response:
+        if endpoint == "start":
+            service.stats.start_requests += 1
+        else:
+            service.stats.check_requests += 1
+        rule = faults.take(endpoint)
+        if rule is not None:
+            service.stats.faults_served += 1
+            log.debug("Injecting %s into a %s request", rule.kind, endpoint)
+            if rule.kind in UNPROCESSED_KINDS:
+                return fault_response(rule, endpoint)
+        try:
+            body = await read_body(request)
+        except ClientDisconnect:
+            log.debug("Client left before sending its %s request body", endpoint)
+            return Response(status_code=400)
+        if rule is not None and rule.kind == "delay_next":
+            # The body is already read, so the request is served after the delay even if
+            # the client timed out meanwhile: the case a client must not blindly retry.
+            await asyncio.sleep(rule.seconds)
+        if body is None:
+            reply = protocol.error_reply(protocol.new_request_id(), "error: request body too large")
+        elif endpoint == "start":
+            reply = await service.start(body)
+        else:
+            reply = await service.check(body)
+        if rule is not None and rule.kind == "drop_next":
+            return DroppedResponse(protocol.encode(reply), media_type=_JSON)
+        return json_response(reply)
+
+    async def start(request: Request) -> Response:
+        return await banana_endpoint(request, "start")
+
+    async def check(request: Request) -> Response:
+        return await banana_endpoint(request, "check")
+
+    async def healthcheck(request: Request) -> Response:
+        return json_response({"state": "healthy"})
+
+    async def admin_stats(request: Request) -> Response:
+        return json_response(service.stats.to_json(calls_kept=len(service.calls)))
+
+    async def admin_reset(request: Request) -> Response:
+        body = await _admin_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("forget_calls", False), bool):
+            return _admin_error('expected {"forget_calls": bool}')
+        await service.reset(forget_calls=body.get("forget_calls", False))
+        faults.clear()
+        return json_response({"reset": True, "forgot_calls": body.get("forget_calls", False)})
+
+    async def admin_forget(request: Request) -> Response:
+        return json_response({"forgotten": await service.forget()})
+
+    async def admin_faults(request: Request) -> Response:
+        if request.method == "POST":
+            body = await _admin_body(request)
+            if not isinstance(body, dict):
+                return _admin_error("expected a JSON object of fault switches")
+            spec = dict(body)
+            quirk = spec.pop("quirk_empty_message", None)
+            if quirk is not None and not isinstance(quirk, bool):
+                return _admin_error("quirk_empty_message must be a boolean")
+            try:
+                faults.update(spec)
+            except FaultSpecError as e:
+                return _admin_error(str(e))
+            if quirk is not None:
+                service.settings.quirk_empty_message = quirk
+            log.info("Fault switches now %s", faults.to_json())
+        return json_response({"faults": faults.to_json(), "quirk_empty_message": service.settings.quirk_empty_message})
+
+    async def admin_settings(request: Request) -> Response:
+        if request.method == "POST":
+            body = await _admin_body(request)
+            if not isinstance(body, dict):
+                return _admin_error("expected a JSON object of settings")
+            try:
+                service.settings.update(body)
+            except ValueError as e:
+                return _admin_error(str(e))
+            log.info("Settings now %s", service.settings.to_json())
+        return json_response(service.settings.to_json())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.open()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    routes = (
+        [Route(path, start, methods=["POST"]) for path in ("/start/v4/", "/start/v4")]
+        + [Route(path, check, methods=["POST"]) for path in ("/check/v4/", "/check/v4")]
+        + [
+            Route("/healthcheck", healthcheck, methods=["GET"]),
+            Route("/_admin/stats", admin_stats, methods=["GET"]),
+            Route("/_admin/reset", admin_reset, methods=["POST"]),
+            Route("/_admin/forget", admin_forget, methods=["POST"]),
+            Route("/_admin/faults", admin_faults, methods=["GET", "POST"]),
+            Route("/_admin/settings", admin_settings, methods=["GET", "POST"]),
+        ]
+    )
+    app = Starlette(routes=routes, lifespan=lifespan)
+    # Both spellings of each path are routed; anything else is a plain 404, never a redirect.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _admin_body(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _admin_error(message: str) -> Response:
+    return json_response({"error": message}, status=400)

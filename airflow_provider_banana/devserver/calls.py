@@ -1,0 +1,270 @@
+"""Track each call from creation to expiry: its state, its result and who waits for it.
+
+Every state change goes through :class:`CallRegistry`, so the stats gauges, the
+debug log line and the waking of held requests can never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_banana.devserver.protocol import new_call_id
+
+if TYPE_CHECKING:
+    from airflow_provider_banana.devserver.stats import Gauge, Stats
+
+log = logging.getLogger(__name__)
+
+# The sweeper only frees memory: lookups check expiry themselves, so a coarse
+# period costs nothing in precision.
+SWEEP_INTERVAL = 1.0
+
+
+class CallState(enum.Enum):
+    """Where a call is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "success"
+    FAILED = "failed"
+
+    @property
+    def settled(self) -> bool:
+        """Whether the call has its final result."""
+        return self in (CallState.SUCCEEDED, CallState.FAILED)
+
+
+@dataclass(eq=False)
+class Call:
+    """One inference call.
+
+    :param call_id: ``call_<uuid4>``.
+    :param model_key: the model that runs it.
+    :param inputs: the request's ``modelInputs``.
+    """
+
+    call_id: str
+    model_key: str
+    inputs: Any = field(repr=False)
+    state: CallState = CallState.QUEUED
+    output: Any = field(default=None, repr=False)
+    error: str | None = None
+    finished_at: float | None = None
+    # Set when the call was dropped by a forget; its holders answer as if it never finished.
+    forgotten: bool = False
+    waiters: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
+
+
+class CallRegistry:
+    """Own every live call, keep results for the TTL, and let requests wait for a result.
+
+    :param stats: counters to keep in step with state changes.
+    :param result_ttl: returns the current TTL in seconds (it may change at run time).
+    """
+
+    def __init__(self, stats: Stats, result_ttl: Callable[[], float]) -> None:
+        self._stats = stats
+        self._result_ttl = result_ttl
+        self._calls: dict[str, Call] = {}
+        # Settled calls in the order they settled. One TTL applies to all, so
+        # this is also expiry order and the sweeper only ever looks at the left end.
+        self._settled: collections.deque[Call] = collections.deque()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._released = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def start(self) -> None:
+        """Start the TTL sweeper; call from inside the running loop."""
+        self._released = False
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="banana-devserver-sweeper")
+
+    async def close(self) -> None:
+        """Stop the sweeper and release every held request."""
+        self.release_waiters()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    def create(self, model_key: str, inputs: Any) -> Call:
+        """Register a new queued call.
+
+        :param model_key: the model that will run it.
+        :param inputs: the request's ``modelInputs``.
+        :return: the call, not yet handed to a worker.
+        """
+        call = Call(call_id=new_call_id(), model_key=model_key, inputs=inputs)
+        self._calls[call.call_id] = call
+        self._stats.starts_taken += 1
+        self._stats.per_model[model_key].starts_taken += 1
+        self._stats.queued.inc()
+        log.debug("Call %s (%s) queued", call.call_id, model_key)
+        return call
+
+    def get(self, call_id: str) -> Call | None:
+        """Find a call, treating an expired result as already forgotten.
+
+        :param call_id: the callID a client sent.
+        :return: the call, or None when unknown, forgotten or expired.
+        """
+        call = self._calls.get(call_id)
+        if call is not None and self._expired(call, time.monotonic()):
+            del self._calls[call_id]
+            log.debug("Call %s expired", call_id)
+            return None
+        return call
+
+    def mark_running(self, call: Call) -> None:
+        """Record that a worker started (or, after a busy answer, restarted) the call.
+
+        :param call: a queued call.
+        """
+        self._move(call, CallState.RUNNING)
+
+    def mark_queued(self, call: Call) -> None:
+        """Put a running call back to queued, as when its model server is busy.
+
+        :param call: a running call.
+        """
+        self._move(call, CallState.QUEUED)
+
+    def succeed(self, call: Call, output: Any) -> None:
+        """Settle a call with its model's reply.
+
+        :param call: a running call.
+        :param output: the model's reply, any JSON.
+        """
+        call.output = output
+        self._move(call, CallState.SUCCEEDED)
+        self._stats.finished += 1
+        self._settle(call)
+
+    def fail(self, call: Call, message: str) -> None:
+        """Settle a call with an error.
+
+        :param call: a running call.
+        :param message: the error text the client will see; contains "error".
+        """
+        call.error = message
+        self._move(call, CallState.FAILED)
+        self._stats.failed += 1
+        self._settle(call)
+
+    async def wait(self, call: Call, timeout: float) -> None:
+        """Wait until the call settles or is forgotten, the timeout passes, or the server stops.
+
+        One future and one timer per waiter, and the call wakes its own waiters
+        directly: cheap enough for thousands of held requests, and the answer
+        goes out on the loop iteration right after the call settles.
+
+        :param call: the call to wait for.
+        :param timeout: seconds to wait at most.
+        """
+        if call.state.settled or call.forgotten or timeout <= 0 or self._released:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        call.waiters.add(waiter)
+        self._waiters.add(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            call.waiters.discard(waiter)
+            self._waiters.discard(waiter)
+
+    def release_waiters(self) -> None:
+        """Answer every held request now and hold no more: the server is shutting down."""
+        self._released = True
+        for waiter in list(self._waiters):
+            _wake(waiter)
+
+    def forget_all(self) -> int:
+        """Drop every call and result, as a server restart would.
+
+        Workers must be stopped first so that no call changes state meanwhile.
+
+        :return: how many calls were dropped.
+        """
+        dropped = len(self._calls)
+        for call in self._calls.values():
+            if not call.state.settled:
+                self._gauge_for(call).dec()
+                if call.state is CallState.RUNNING:
+                    self._stats.per_model[call.model_key].running.dec()
+            call.forgotten = True
+            for waiter in list(call.waiters):
+                _wake(waiter)
+        self._calls.clear()
+        self._settled.clear()
+        log.debug("Forgot %d calls", dropped)
+        return dropped
+
+    def sweep(self) -> int:
+        """Drop the results whose TTL has passed.
+
+        :return: how many were dropped.
+        """
+        now = time.monotonic()
+        dropped = 0
+        while self._settled and self._expired(self._settled[0], now):
+            call = self._settled.popleft()
+            # A lookup may have dropped it already.
+            if self._calls.get(call.call_id) is call:
+                del self._calls[call.call_id]
+                dropped += 1
+        return dropped
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            dropped = self.sweep()
+            if dropped:
+                log.debug("Swept %d expired calls", dropped)
+
+    def _expired(self, call: Call, now: float) -> bool:
+        return call.finished_at is not None and now - call.finished_at >= self._result_ttl()
+
+    def _gauge_for(self, call: Call) -> Gauge:
+        return self._stats.queued if call.state is CallState.QUEUED else self._stats.running
+
+    def _move(self, call: Call, new: CallState) -> None:
+        old = call.state
+        if old is new:
+            return
+        if old.settled or call.forgotten:
+            raise RuntimeError(f"call {call.call_id} is {old.value}; it cannot become {new.value}")
+        model_running = self._stats.per_model[call.model_key].running
+        self._gauge_for(call).dec()
+        if old is CallState.RUNNING:
+            model_running.dec()
+        call.state = new
+        if new is CallState.QUEUED:
+            self._stats.queued.inc()
+        elif new is CallState.RUNNING:
+            self._stats.running.inc()
+            model_running.inc()
+        log.debug("Call %s (%s) %s", call.call_id, call.model_key, new.value)
+
+    def _settle(self, call: Call) -> None:
+        call.inputs = None  # kept for the TTL otherwise, and nothing reads them any more
+        call.finished_at = time.monotonic()
+        self._settled.append(call)
+        for waiter in list(call.waiters):
+            _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

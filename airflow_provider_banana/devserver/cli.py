@@ -1,0 +1,308 @@
+"""Parse the devserver's command line and run it under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from airflow_provider_banana.devserver.app import DropFilter, create_app
+from airflow_provider_banana.devserver.config import (
+    API_KEY_ENV_VAR,
+    DEFAULT_BACKLOG,
+    DEFAULT_CHECK_HOLD,
+    DEFAULT_MODEL_TIMEOUT,
+    DEFAULT_REPLICAS,
+    DEFAULT_RESULT_TTL,
+    DEFAULT_START_HOLD,
+    DevServerConfig,
+)
+from airflow_provider_banana.devserver.models import BUILTIN_MODEL_KEYS
+from airflow_provider_banana.devserver.service import BananaService
+
+log = logging.getLogger("airflow_provider_banana.devserver")
+
+# A long-held request (a 50 s long poll) is not idle, so this only governs the gap
+# between requests; longer than the clients' own idle timeouts, so the server is
+# rarely the side closing a connection a client is about to reuse.
+_KEEP_ALIVE = 65
+# On SIGTERM held requests are answered at once; this bounds anything else
+# (a delay_next fault, a slow external model) so a stop never hangs.
+_GRACEFUL_SHUTDOWN = 5
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_banana.devserver",
+        description="Run a local Banana-compatible (v4) inference server for development and tests.",
+        epilog=f"Built-in models: {', '.join(BUILTIN_MODEL_KEYS)}. "
+        f"With --require-api-key the key is read from ${API_KEY_ENV_VAR}.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
+    parser.add_argument(
+        "--start-hold",
+        type=float,
+        default=DEFAULT_START_HOLD,
+        metavar="SECONDS",
+        help="how long a Start without startOnly waits for the result (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--check-hold",
+        type=float,
+        default=DEFAULT_CHECK_HOLD,
+        metavar="SECONDS",
+        help="how long a longPoll Check is held (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=DEFAULT_RESULT_TTL,
+        metavar="SECONDS",
+        help="how long finished and failed results are kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=DEFAULT_REPLICAS,
+        metavar="N",
+        help="calls of one model that run at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=URL",
+        type=parse_model_arg,
+        help="serve modelKey KEY by POSTing the inputs to the model server at URL (repeatable)",
+    )
+    parser.add_argument(
+        "--model-timeout",
+        type=float,
+        default=DEFAULT_MODEL_TIMEOUT,
+        metavar="SECONDS",
+        help="time allowed for one request to an external model server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quirk-empty-message",
+        action="store_true",
+        help='answer finished Starts with "message": "" and "callID": "", as Banana did in 2023',
+    )
+    parser.add_argument(
+        "--require-api-key",
+        action="store_true",
+        help=f"accept only the apiKey held in ${API_KEY_ENV_VAR}",
+    )
+    parser.add_argument("--log-level", default="info", choices=_LOG_LEVELS, help="(default: %(default)s)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
+    parser.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog (default: %(default)s)")
+    parser.add_argument(
+        "--http",
+        default="auto",
+        choices=("auto", "httptools", "h11"),
+        help="HTTP implementation; auto prefers httptools (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=("auto", "uvloop", "asyncio"),
+        help="event loop; auto prefers uvloop (default: %(default)s)",
+    )
+    return parser
+
+
+def parse_model_arg(value: str) -> tuple[str, str]:
+    """Split and check a ``KEY=URL`` argument.
+
+    :param value: the argument.
+    :return: the key and the URL.
+    :raises argparse.ArgumentTypeError: when it is not ``KEY=http(s)://host...``.
+    """
+    key, sep, url = value.partition("=")
+    key = key.strip()
+    parts = urlsplit(url.strip())
+    if not sep or not key or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected KEY=http://host:port, got {value.split('=', 1)[0]!r}=…")
+    return key, url.strip()
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> DevServerConfig:
+    """Build the launch configuration from parsed arguments and the environment.
+
+    :param args: the parsed command line.
+    :param environ: the process environment, read for the apiKey.
+    :return: the configuration.
+    :raises ValueError: on an invalid combination or value.
+    """
+    api_key: str | None = None
+    if args.require_api_key:
+        api_key = environ.get(API_KEY_ENV_VAR) or None
+        if api_key is None:
+            raise ValueError(f"--require-api-key needs a non-empty ${API_KEY_ENV_VAR}")
+    return DevServerConfig(
+        host=args.host,
+        port=args.port,
+        start_hold=args.start_hold,
+        check_hold=args.check_hold,
+        result_ttl=args.result_ttl,
+        replicas=args.replicas,
+        external_models=dict(args.model),
+        quirk_empty_message=args.quirk_empty_message,
+        api_key=api_key,
+        model_timeout=args.model_timeout,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        backlog=args.backlog,
+        http=args.http,
+        loop=args.loop,
+    )
+
+
+def configure_logging(level_name: str) -> None:
+    """Send every log line to stderr at the given level, uvicorn's chatter capped at INFO.
+
+    :param level_name: a level name such as ``info``.
+    """
+    level = logging.getLevelName(level_name.upper())
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # uvicorn's debug output is per connection; our own debug lines are what a user asked for.
+    logging.getLogger("uvicorn").setLevel(max(level, logging.INFO))
+    logging.getLogger("uvicorn.error").addFilter(DropFilter())
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-file limit to the hard one: every held request is a file descriptor."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.warning("Could not raise the open-file limit from %d to %d", soft, hard)
+            return
+    log.debug("Open-file limit: %d", hard)
+
+
+def bind_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """Bind and listen here rather than in uvicorn, so that port 0 reveals the real port.
+
+    :param host: address to bind.
+    :param port: port to bind; 0 picks a free one.
+    :param backlog: listen backlog.
+    :return: the listening socket.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restarted server take its port back while old connections sit in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class DevUvicornServer(uvicorn.Server):
+    """A uvicorn server that announces its real address and answers held requests on shutdown.
+
+    :param config: uvicorn's configuration.
+    :param service: the Banana service, whose held requests are released on shutdown.
+    :param url: the address to announce once serving.
+    """
+
+    def __init__(self, config: uvicorn.Config, service: BananaService, url: str) -> None:
+        super().__init__(config)
+        self._service = service
+        self._url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then print the listening line that launchers wait for.
+
+        :param sockets: the pre-bound sockets.
+        """
+        await super().startup(sockets=sockets)
+        if not self.should_exit:
+            print(f"Banana devserver listening on {self._url}", flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Answer held requests with their current state, then shut down as uvicorn does.
+
+        Without this a held long poll would keep the process alive for up to the check hold.
+
+        :param sockets: the pre-bound sockets.
+        """
+        self._service.release_holds()
+        await super().shutdown(sockets=sockets)
+
+
+def serve(config: DevServerConfig, sock: socket.socket) -> None:
+    """Run the server until SIGINT or SIGTERM.
+
+    :param config: the launch configuration.
+    :param sock: the listening socket, from :func:`bind_socket`.
+    """
+    port = sock.getsockname()[1]
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    service = BananaService(config)
+    uv_config = uvicorn.Config(
+        create_app(service),
+        http=config.http,
+        loop=config.loop,
+        ws="none",
+        lifespan="on",
+        log_config=None,
+        access_log=config.access_log,
+        backlog=config.backlog,
+        # Thousands of held long polls are the point; uvicorn must not answer 503 past a cap.
+        limit_concurrency=None,
+        timeout_keep_alive=_KEEP_ALIVE,
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
+        server_header=False,
+        # Nothing sits in front of a devserver; parsing X-Forwarded-* would only cost CPU.
+        proxy_headers=False,
+    )
+    DevUvicornServer(uv_config, service, f"http://{host}:{port}").run(sockets=[sock])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the devserver from the command line.
+
+    :param argv: arguments without the program name; defaults to ``sys.argv[1:]``.
+    :return: the process exit status.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args, os.environ)
+    except ValueError as e:
+        parser.error(str(e))
+    configure_logging(config.log_level)
+    raise_fd_limit()
+    try:
+        sock = bind_socket(config.host, config.port, config.backlog)
+    except OSError as e:
+        log.error("Cannot listen on %s port %d: %s", config.host, config.port, e)
+        return 1
+    try:
+        serve(config, sock)
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,129 @@
+"""Hold the devserver's launch configuration and the settings tests may change at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Environment variable holding the only apiKey accepted with ``--require-api-key``.
+API_KEY_ENV_VAR = "BANANA_DEVSERVER_API_KEY"
+
+DEFAULT_START_HOLD = 50.0
+DEFAULT_CHECK_HOLD = 50.0
+DEFAULT_RESULT_TTL = 600.0
+# Enough parallelism that a test starting a few dozen calls never waits on the
+# pool, yet small enough that a runaway client cannot spawn unbounded work.
+DEFAULT_REPLICAS = 32
+DEFAULT_MODEL_TIMEOUT = 600.0
+# The kernel caps this at net.core.somaxconn; a burst of 1,000+ connects needs
+# more than uvicorn's 2048 only beyond that, but asking costs nothing.
+DEFAULT_BACKLOG = 4096
+
+
+@dataclass(frozen=True)
+class DevServerConfig:
+    """Describe how one devserver process is launched; fixed for the life of the process.
+
+    :param host: address to bind.
+    :param port: port to bind; 0 picks a free one.
+    :param start_hold: seconds a Start without ``startOnly`` waits for the result.
+    :param check_hold: seconds a long-poll Check waits for the call to finish.
+    :param result_ttl: seconds a finished or failed call is kept before it is forgotten.
+    :param replicas: calls of one model that may run at once (workers per model).
+    :param external_models: model key to base URL of an external model server.
+    :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
+    :param api_key: the only accepted apiKey, or None to accept any.
+    :param model_timeout: seconds allowed for one request to an external model server.
+    :param log_level: logging level name.
+    :param access_log: keep uvicorn's per-request access log.
+    :param backlog: listen backlog of the server socket.
+    :param http: uvicorn HTTP implementation (``auto``, ``httptools`` or ``h11``).
+    :param loop: uvicorn event loop (``auto``, ``uvloop`` or ``asyncio``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    start_hold: float = DEFAULT_START_HOLD
+    check_hold: float = DEFAULT_CHECK_HOLD
+    result_ttl: float = DEFAULT_RESULT_TTL
+    replicas: int = DEFAULT_REPLICAS
+    external_models: Mapping[str, str] = field(default_factory=dict)
+    quirk_empty_message: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    model_timeout: float = DEFAULT_MODEL_TIMEOUT
+    log_level: str = "info"
+    access_log: bool = False
+    backlog: int = DEFAULT_BACKLOG
+    http: str = "auto"
+    loop: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("start_hold", "check_hold", "result_ttl", "model_timeout"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0")
+        if self.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty")
+
+
+@dataclass
+class Settings:
+    """Hold the knobs the admin API may change while the server runs.
+
+    :param start_hold: seconds a Start without ``startOnly`` waits for the result.
+    :param check_hold: seconds a long-poll Check waits for the call to finish.
+    :param result_ttl: seconds a finished or failed call is kept.
+    :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
+    """
+
+    start_hold: float
+    check_hold: float
+    result_ttl: float
+    quirk_empty_message: bool
+
+    @classmethod
+    def from_config(cls, config: DevServerConfig) -> Settings:
+        """Take the launch values of the run-time settings.
+
+        :param config: the launch configuration.
+        :return: fresh settings.
+        """
+        return cls(
+            start_hold=config.start_hold,
+            check_hold=config.check_hold,
+            result_ttl=config.result_ttl,
+            quirk_empty_message=config.quirk_empty_message,
+        )
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply a partial update after validating all of it, so a bad field changes nothing.
+
+        :param changes: field name to new value.
+        :raises ValueError: on an unknown field or a value of the wrong type or range.
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        validated: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ValueError(f"unknown setting {name!r}; known: {sorted(known)}")
+            if name == "quirk_empty_message":
+                if not isinstance(value, bool):
+                    raise ValueError("quirk_empty_message must be a boolean")
+            elif (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            ):
+                raise ValueError(f"{name} must be a finite number >= 0")
+            validated[name] = value
+        for name, value in validated.items():
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the settings as a JSON-ready dict."""
+        return dataclasses.asdict(self)
