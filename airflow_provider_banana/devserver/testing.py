@@ -99,6 +99,7 @@ class DevServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._log_dir: str | None = None
+        self._log_dir_finalizer: weakref.finalize[Any, Any] | None = None
 
     @property
     def port(self) -> int:
@@ -125,7 +126,11 @@ class DevServer:
         return self._process is not None and self._process.poll() is None
 
     def __enter__(self) -> DevServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ fails
+            raise
         return self
 
     def __exit__(
@@ -145,6 +150,8 @@ class DevServer:
             raise DevServerError("the devserver is already running")
         if self._log_dir is None:
             self._log_dir = tempfile.mkdtemp(prefix="banana-devserver-")
+            # Removes the log at interpreter exit even if nobody called close().
+            self._log_dir_finalizer = weakref.finalize(self, shutil.rmtree, self._log_dir, ignore_errors=True)
         env = dict(os.environ)
         env.pop(API_KEY_ENV_VAR, None)
         if self._api_key is not None:
@@ -205,9 +212,10 @@ class DevServer:
     def close(self) -> None:
         """Stop the server and delete its log."""
         self.stop()
-        if self._log_dir is not None:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+        if self._log_dir_finalizer is not None:
+            self._log_dir_finalizer()
+            self._log_dir_finalizer = None
+        self._log_dir = None
 
     def log_text(self) -> str:
         """Return everything the server printed so far, across restarts."""

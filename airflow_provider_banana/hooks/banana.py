@@ -510,6 +510,24 @@ class BananaAsyncHook(BaseHook):
             if step.pause:
                 await asyncio.sleep(step.pause)
 
+    async def run(
+        self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[Any]:
+        """
+        Run one inference to the end; see :meth:`BananaHook.run`.
+
+        :param model_inputs: the model's inputs.
+        :param model_key: the model; defaults to the connection extra's ``model_key``.
+        :param timeout: seconds the inference may take, from Start to result.
+        :return: the ``modelOutputs`` list.
+        """
+        timeout = validate_positive("timeout", timeout)
+        started_at = time.time()
+        result = await self.start(model_inputs, model_key, start_only=timeout < self.settings.timeouts.start_hold)
+        if result.finished:
+            return result.model_outputs or []
+        return await self.wait(result.call_id or "", timeout=timeout, started_at=started_at)
+
     async def _send(
         self,
         endpoint: str,
