@@ -167,7 +167,7 @@ class BananaInferenceOperator(BaseOperator):
                 trigger=BananaCallTrigger(
                     call_id=call_id,
                     banana_conn_id=self.banana_conn_id,
-                    deadline=started_at + self.timeout,
+                    deadline=self._deadline(context, started_at),
                     started_at=started_at,
                     poll_interval=self.poll_interval,
                     long_poll=self.long_poll,
@@ -190,6 +190,16 @@ class BananaInferenceOperator(BaseOperator):
             raise
         stored.forget()
         return outputs
+
+    def _deadline(self, context: Context, started_at: float) -> float:
+        # The trigger's own deadline honours execution_timeout too, so a deferred task times out
+        # with our error naming the call, wherever the trigger runs (dag.test() runs it inline,
+        # where Airflow's deferral timeout is not enforced).
+        deadline = started_at + self.timeout
+        task_started = getattr(context.get("ti"), "start_date", None)
+        if self.execution_timeout is not None and task_started is not None:
+            deadline = min(deadline, task_started.timestamp() + self.execution_timeout.total_seconds())
+        return deadline
 
     def _reattach(self, stored: StoredCall) -> tuple[str | None, list[Any] | None]:
         previous = stored.get()

@@ -134,3 +134,13 @@ not_durable = _inference(
     durable=False,
     **RETRY,
 )
+
+# execution_timeout must hold while the task is deferred, even with a longer operator timeout.
+execution_timeout_deferred = _inference(
+    "t_execution_timeout_deferred",
+    model_key="sleep",
+    model_inputs={"seconds": 60},
+    deferrable=True,
+    timeout=600,
+    execution_timeout=timedelta(seconds=3),
+)

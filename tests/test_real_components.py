@@ -1,0 +1,402 @@
+"""
+End to end on real Airflow components: the trigger runs in a triggerer process, not in dag.test().
+
+A fresh Airflow home (SQLite, LocalExecutor) holds only ``example_banana_inference``. The
+api-server, scheduler, dag-processor and triggerer run as separate subprocesses, each writing its
+own log file, and the DAG is unpaused and triggered through the REST API against the local Banana
+server. They are started one by one rather than under ``airflow standalone``, which merges their
+output into one stream: separate logs show which process did what, and what each said last when
+something goes wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from airflow_provider_banana.devserver.testing import DevServer
+from tests.conftest import API_KEY, ROOT, connection_json
+
+# About 70 s on two cores, 100 s on the first run after install (every .pyc gets compiled). The
+# waits below fail sooner, with the logs; this only stops a hang that none of them covers.
+pytestmark = pytest.mark.timeout(600)
+
+T = TypeVar("T")
+
+DAG_ID = "example_banana_inference"
+#: Seconds the components may take to serve the API and to parse the DAG.
+STARTUP_TIMEOUT = 180.0
+#: Seconds the DAG run may take once triggered.
+RUN_TIMEOUT = 240.0
+#: Seconds the server holds the trigger's first Check, as a model that runs a little longer would.
+#: Airflow 3.3.2 fails a resumed task if the worker's report that the deferring attempt exited
+#: arrives after the resumed attempt is already running (apache/airflow#72716, fix pending in
+#: #72767). With the instant wordcount model the trigger resumed the task within ~4 s and lost
+#: that race in one of the first four runs here; this delay keeps the test about the provider.
+RESUME_RACE_DELAY = 4.0
+#: The example's prompt before its ``{{ run_id }}``: the model counts its characters.
+PROMPT_PREFIX = "Bananas ripen faster in a paper bag, run "
+# Our own api-server is on loopback, whatever proxy the environment names.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def airflow_env(home: Path, api_port: int, banana_url: str) -> dict[str, str]:
+    """Return the whole environment of the Airflow processes of one home.
+
+    :param home: the AIRFLOW_HOME, holding the dags folder and the SQLite database.
+    :param api_port: the api-server's port; it also serves the Execution API to task workers.
+    :param banana_url: the local Banana server's base URL.
+    """
+    # This process carries conftest's session home in AIRFLOW_* variables: none may leak in.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # Airflow 3 allows LocalExecutor on SQLite (SequentialExecutor is gone).
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor forks `parallelism` workers up front, 32 by default; this DAG runs one
+            # task at a time and each idle worker costs memory.
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            # Every REST request is an admin's, so the test needs no token or password file.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            # Task workers find the Execution API here; the default is localhost:8080, not ours.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            # The scheduler signs task tokens that the api-server verifies: all must share one
+            # secret, not each rely on whichever airflow.cfg got written first. 64 bytes or more,
+            # or PyJWT warns on every token it signs or checks.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+            # One file, parsed once: re-parsing it every 30 s would only compete for the CPUs.
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            # A task's supervisor can miss its child's exit and sleep in select() for this long
+            # (default 5 s) before reporting it: a slower run, and a stale "success" event that
+            # arrives after the trigger has already resumed the task (see RESUME_RACE_DELAY).
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+            "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+            # The read margin lets the trigger's delayed first Check (see RESUME_RACE_DELAY)
+            # answer without a read timeout and retry.
+            "AIRFLOW_CONN_BANANA_DEFAULT": connection_json(banana_url, model_key="wordcount", read_margin=10),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """Return the last ``lines`` lines of a text file, or a note that it does not exist."""
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return f"(no {path.name})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class AirflowComponents:
+    """Airflow processes sharing one home, each writing its own log file.
+
+    :param home: the AIRFLOW_HOME.
+    :param env: the environment every Airflow process gets.
+    :param api_url: the api-server's base URL, with a trailing slash.
+    """
+
+    home: Path
+    env: dict[str, str]
+    api_url: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Every process ever seen in the components' trees, for the sweep at the end.
+    seen: set[psutil.Process] = field(default_factory=set)
+    stopped: bool = False
+
+    @property
+    def log_dir(self) -> Path:
+        """The folder holding one ``NAME.log`` per component."""
+        return self.home / "component-logs"
+
+    def log_path(self, name: str) -> Path:
+        """Return the log file of component ``name``."""
+        return self.log_dir / f"{name}.log"
+
+    def run(self, *args: str, timeout: float = 120.0) -> None:
+        """Run one ``airflow`` CLI command to completion, its output going to a log file.
+
+        :param args: the arguments after ``airflow``.
+        :param timeout: seconds it may take.
+        :raises AssertionError: with the end of its output, if it fails.
+        """
+        log_path = self.log_path("-".join(args))
+        with open(log_path, "wb") as log_file:
+            result = subprocess.run(
+                [sys.executable, "-m", "airflow", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home,
+                timeout=timeout,
+                check=False,
+            )
+        assert result.returncode == 0, f"airflow {' '.join(args)} failed:\n{tail(log_path)}"
+
+    def start(self, name: str, *args: str) -> None:
+        """Start ``airflow NAME ARGS`` in a session of its own, its output going to its log file.
+
+        :param name: the component's command, e.g. ``scheduler``.
+        :param args: further arguments.
+        """
+        # A file, not a pipe: nobody reads a pipe during the test, and a full one blocks the writer.
+        with open(self.log_path(name), "ab") as log_file:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", name, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home,
+                # A process group of its own: one killpg reaches the component and its helpers.
+                start_new_session=True,
+            )
+
+    def track(self) -> None:
+        """Remember every process now in the components' trees.
+
+        Task runners move into process groups of their own, so a signal to a component's group
+        misses them, and a process whose parent died is no longer anyone's child: the sweep in
+        :meth:`stop` signals everything remembered here as well.
+        """
+        for process in self.processes.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(process.pid)
+                self.seen.update([root, *root.children(recursive=True)])
+
+    def check_alive(self) -> None:
+        """Fail at once, with the logs, if a component has exited."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with status {process.returncode}\n{self.logs_tail()}")
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Stop every component and everything it started: SIGTERM, then SIGKILL after ``grace``.
+
+        Only the first call acts: a later one must not signal a process group id that may
+        since have been reused.
+
+        :param grace: seconds the processes get to exit after SIGTERM.
+        :raises AssertionError: if a process survives SIGKILL.
+        """
+        if self.stopped:
+            return
+        self.stopped = True
+        self.track()
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGTERM)
+        for member in self.seen:
+            _signal(member, signal.SIGTERM)
+        _, alive = psutil.wait_procs(self.seen, timeout=grace)
+        for process in self.processes.values():
+            _signal_group(process.pid, signal.SIGKILL)
+        for member in alive:
+            _signal(member, signal.SIGKILL)
+        _, survivors = psutil.wait_procs(alive, timeout=10)
+        for process in self.processes.values():
+            process.wait(timeout=10)  # reap our own children: no zombies either
+        assert not survivors, f"processes survived SIGKILL: {survivors}"
+
+    def logs_tail(self, lines: int = 30) -> str:
+        """Return the end of every component log and of every task and trigger log of the DAG."""
+        paths = sorted(self.log_dir.glob("*.log")) + sorted((self.home / "logs").glob(f"dag_id={DAG_ID}/**/*.log"))
+        return "\n".join(f"===== {path.relative_to(self.home)}\n{tail(path, lines)}" for path in paths)
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+        """Call the api-server and return the decoded JSON reply.
+
+        :param method: the HTTP method.
+        :param path: the path after the base URL, e.g. ``api/v2/version``.
+        :param body: the JSON body, if any.
+        :param timeout: seconds to wait for the reply.
+        :raises OSError: if the call fails or the reply is an HTTP error.
+        """
+        request = urllib.request.Request(
+            self.api_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with _OPENER.open(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+        """Call ``probe`` until it returns something truthy; fail with the logs on timeout.
+
+        :param what: what is awaited, for the failure message.
+        :param probe: returns the awaited thing, or None for "not yet"; an ``OSError`` (e.g. the
+            api-server not listening yet, or a 404) also means "not yet".
+        :param timeout: seconds to wait at most.
+        :param interval: seconds between calls.
+        :return: the first truthy result.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            self.track()
+            try:
+                result = probe()
+            except OSError as e:
+                result = None
+                last: object = e
+            else:
+                last = result
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{what}: not within {timeout:.0f} s; last: {last!r}\n{self.logs_tail()}")
+            time.sleep(interval)
+
+
+def _signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _signal(process: psutil.Process, signum: signal.Signals) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.send_signal(signum)  # psutil refuses if the pid now names another process
+
+
+def processes_using(home: Path) -> list[psutil.Process]:
+    """Return the running processes whose environment names ``home`` as AIRFLOW_HOME."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("AIRFLOW_HOME") == str(home):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.fixture
+def components(tmp_path: Path, server: DevServer) -> Iterator[AirflowComponents]:
+    """Start api-server, scheduler, dag-processor and triggerer on a fresh home; stop them all after."""
+    home = tmp_path / "airflow-home"
+    (home / "dags").mkdir(parents=True)
+    shutil.copy(ROOT / "example_dags" / f"{DAG_ID}.py", home / "dags")
+    api_port = free_port()
+    stack = AirflowComponents(home, airflow_env(home, api_port, server.url), f"http://127.0.0.1:{api_port}/")
+    stack.log_dir.mkdir()
+    # The components wait for a migrated database but never create one.
+    stack.run("db", "migrate")
+    try:
+        stack.start("api-server")
+        # Task and trigger logs are read from disk here: the log servers would only take two ports.
+        stack.start("scheduler", "--skip-serve-logs")
+        stack.start("dag-processor")
+        stack.start("triggerer", "--skip-serve-logs")
+        yield stack
+    finally:
+        try:
+            stack.stop()
+        finally:
+            # Whatever escaped the process trees still carries our AIRFLOW_HOME in its environment.
+            stragglers = processes_using(home)
+            for process in stragglers:
+                _signal(process, signal.SIGKILL)
+            assert not stragglers, f"left running after stop: {stragglers}"
+
+
+def test_deferrable_example_succeeds_with_the_trigger_in_the_triggerer(
+    components: AirflowComponents, server: DevServer
+) -> None:
+    stack = components
+    dag_path = f"api/v2/dags/{DAG_ID}"
+    stack.wait_for("the DAG parsed and served by the REST API", lambda: stack.api("GET", dag_path), STARTUP_TIMEOUT)
+    # The Execution API builds its versioned routes on its first request, which holds the
+    # api-server's event loop for 5-15 s here; a task's first call would time out (5 s) and retry
+    # behind it. (The all-admins token this request gets makes the api-server log one harmless
+    # "JWT reissue middleware failed" warning.)
+    assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
+
+    server.faults(delay_next={"count": 1, "endpoints": ["check"], "seconds": RESUME_RACE_DELAY})
+    stack.api("PATCH", dag_path, {"is_paused": False})
+    run_id: str = stack.api("POST", f"{dag_path}/dagRuns", {"logical_date": None})["dag_run_id"]
+    run_path = f"{dag_path}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def finished_state() -> str | None:
+        state: str = stack.api("GET", run_path)["state"]
+        return state if state in ("success", "failed") else None
+
+    state = stack.wait_for("the DAG run finished", finished_state, RUN_TIMEOUT)
+    instances = stack.api("GET", f"{run_path}/taskInstances")["task_instances"]
+    assert state == "success", f"{[(ti['task_id'], ti['state']) for ti in instances]}\n{stack.logs_tail()}"
+
+    # The audit log records each state change of `infer`: deferred in between two runs.
+    query = urllib.parse.urlencode({"dag_id": DAG_ID, "run_id": run_id, "task_id": "infer", "order_by": "id"})
+    events = [entry["event"] for entry in stack.api("GET", f"api/v2/eventLogs?{query}")["event_logs"]]
+    assert events == ["running", "deferred", "running", "success"]
+
+    xcoms = f"{run_path}/taskInstances/{{}}/xcomEntries/{{}}"
+    call_id = stack.api("GET", xcoms.format("infer", "call_id"))["value"]
+    assert call_id.startswith("call_")
+    summary = stack.api("GET", xcoms.format("summarize", "return_value"))["value"]
+    assert summary == {"words": 9, "characters": len(PROMPT_PREFIX + run_id)}
+
+    stats = server.stats()
+    assert stats["starts_taken"] == 1
+    assert stats["check_requests"] >= 1  # made by the trigger: a deferred worker sends no Check
+    assert stats["faults_served"] == 1  # the delayed first Check
+
+    triggerers = stack.api("GET", "api/v2/jobs?job_type=TriggererJob")["jobs"]
+    assert len(triggerers) == 1
+
+    # Stop first, so that every log is flushed and closed before it is read.
+    stack.stop()
+    task_logs = stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+    # The triggerer writes a trigger's log beside the task's, named for the triggerer's job id.
+    trigger_log = task_logs / "task_id=infer" / f"attempt=1.log.trigger.{triggerers[0]['id']}.log"
+    assert trigger_log.exists(), stack.logs_tail()
+    records = [json.loads(line) for line in trigger_log.read_text().splitlines() if line.startswith("{")]
+    fired = [record["result"] for record in records if record["event"] == "Trigger fired event"]
+    assert len(fired) == 1
+    assert call_id in fired[0]
+    assert "'status': 'success'" in fired[0]
+    assert (
+        "Model outputs reached the downstream task" in (task_logs / "task_id=summarize" / "attempt=1.log").read_text()
+    )
+
+    for path in stack.home.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), f"the API key leaked into {path}"
