@@ -34,7 +34,7 @@ import pytest
 from airflow_provider_banana.devserver.testing import DevServer
 from tests.conftest import API_KEY, ROOT, connection_json
 
-# About 70 s on two cores, 100 s on the first run after install (every .pyc gets compiled). The
+# 50-70 s on two cores, ~100 s on the first run after install (every .pyc gets compiled). The
 # waits below fail sooner, with the logs; this only stops a hang that none of them covers.
 pytestmark = pytest.mark.timeout(600)
 
@@ -48,7 +48,7 @@ RUN_TIMEOUT = 240.0
 #: Seconds the server holds the trigger's first Check, as a model that runs a little longer would.
 #: Airflow 3.3.2 fails a resumed task if the worker's report that the deferring attempt exited
 #: arrives after the resumed attempt is already running (apache/airflow#72716, fix pending in
-#: #72767). With the instant wordcount model the trigger resumed the task within ~4 s and lost
+#: #72767). With the instant wordcount model the trigger resumed the task within ~5 s and lost
 #: that race in one of the first four runs here; this delay keeps the test about the provider.
 RESUME_RACE_DELAY = 4.0
 #: The example's prompt before its ``{{ run_id }}``: the model counts its characters.

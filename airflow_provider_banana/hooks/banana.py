@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import urllib3.exceptions
 from airflow.sdk import BaseHook
 
 from airflow_provider_banana import __version__, connection_ui_behaviour
+from airflow_provider_banana.batch import Wave, hand_back_now
 from airflow_provider_banana.contract import (
     CHECK,
     DEFAULT_POLL_INTERVAL,
@@ -47,7 +49,12 @@ from airflow_provider_banana.contract import (
     validate_model_key,
     validate_positive,
 )
-from airflow_provider_banana.exceptions import BananaCallError, BananaCallNotFoundError, BananaError
+from airflow_provider_banana.exceptions import (
+    BananaCallError,
+    BananaCallNotFoundError,
+    BananaError,
+    BananaTimeoutError,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -57,6 +64,8 @@ _HEADERS = {
     "Accept": "application/json",
     "User-Agent": f"airflow-provider-banana/{__version__}",
 }
+#: Seconds a batch wait lingers after its first call ended, to hand back more than one result.
+DEFAULT_LINGER = 1.0
 # A callID no server ever issued: test_connection checks it to prove the URL and key without
 # starting (and paying for) an inference.
 _PROBE_CALL_ID = "call_airflow-provider-banana-connection-test"
@@ -477,6 +486,7 @@ class BananaAsyncHook(BaseHook):
         started_at: float | None = None,
         long_poll: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        quiet: bool = False,
     ) -> list[Any]:
         """
         Check a call until it finishes, fails or the timeout passes; see :meth:`BananaHook.wait`.
@@ -486,6 +496,7 @@ class BananaAsyncHook(BaseHook):
         :param started_at: ``time.time()`` when the call was started (default: now).
         :param long_poll: use long-poll Checks.
         :param poll_interval: least seconds between the starts of two Checks.
+        :param quiet: log status changes at debug level (a batch logs its progress instead).
         :return: the ``modelOutputs`` list.
         """
         waiter = CallWaiter.begin(
@@ -504,11 +515,87 @@ class BananaAsyncHook(BaseHook):
                 raise waiter.failure(e) from e
             step = waiter.observe(result, waited=time.monotonic() - began)
             if step.status_changed:
-                self.log.info("Banana call %s is %s after %.1f s", waiter.call_id, result.status_text, waiter.elapsed())
+                self.log.log(
+                    logging.DEBUG if quiet else logging.INFO,
+                    "Banana call %s is %s after %.1f s",
+                    waiter.call_id,
+                    result.status_text,
+                    waiter.elapsed(),
+                )
             if step.outputs is not None:
                 return step.outputs
             if step.pause:
                 await asyncio.sleep(step.pause)
+
+    async def wait_many(
+        self,
+        call_ids: list[str],
+        *,
+        timeout: float,
+        started_at: float | None = None,
+        long_poll: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        linger: float = DEFAULT_LINGER,
+    ) -> Wave:
+        """
+        Wait on several calls at once until enough of them ended to be worth handing back.
+
+        Each call is followed as :meth:`wait` follows one (long polls, retries). The wait ends when
+        all, or half, of the calls ended, or ``linger`` seconds after the first one did; when the
+        deadline passes; or when transport trouble outlives the retries. The Checks still in flight
+        are then dropped: the calls themselves run on.
+
+        :param call_ids: the calls in flight.
+        :param timeout: seconds the batch may take, counted from ``started_at``.
+        :param started_at: ``time.time()`` when the batch (this try) started (default: now).
+        :param long_poll: use long-poll Checks.
+        :param poll_interval: least seconds between the starts of two Checks of one call.
+        :param linger: seconds to wait for more calls to end after the first one did.
+        :return: what ended, and whether the deadline passed or an error stopped the wait.
+        """
+        started_at = time.time() if started_at is None else started_at
+        waits = {
+            asyncio.ensure_future(
+                self.wait(
+                    call_id,
+                    timeout=timeout,
+                    started_at=started_at,
+                    long_poll=long_poll,
+                    poll_interval=poll_interval,
+                    quiet=True,
+                )
+            ): call_id
+            for call_id in call_ids
+        }
+        finished: dict[str, list[Any]] = {}
+        failed: dict[str, str] = {}
+        timed_out, error = False, None
+        first_end: float | None = None
+        pending: set[asyncio.Future[list[Any]]] = set(waits)
+        try:
+            while pending and not (timed_out or error):
+                budget = None if first_end is None else max(0.0, linger - (time.monotonic() - first_end))
+                done, pending = await asyncio.wait(pending, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        finished[waits[future]] = future.result()
+                    except BananaCallError as e:
+                        failed[waits[future]] = e.message
+                    except BananaTimeoutError:
+                        timed_out = True
+                    except Exception as e:  # transport trouble or a local problem: reported, not hidden
+                        error = f"{type(e).__name__}: {e}"
+                ended = len(finished) + len(failed)
+                if ended and first_end is None:
+                    first_end = time.monotonic()
+                since = None if first_end is None else time.monotonic() - first_end
+                if hand_back_now(ended, len(call_ids), since, linger):
+                    break
+        finally:
+            for future in pending:
+                future.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
 
     async def run(
         self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT

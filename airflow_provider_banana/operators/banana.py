@@ -1,16 +1,25 @@
-"""Run one Banana inference from a DAG, optionally deferring the wait to the triggerer."""
+"""Run Banana inferences from a DAG (one call, or a batch), optionally deferring the wait to the triggerer."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
+from airflow_provider_banana.batch import (
+    ON_ITEM_FAILURE,
+    BananaBatchTimeoutError,
+    BatchPlan,
+    Wave,
+    inputs_digest,
+)
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -21,9 +30,9 @@ from airflow_provider_banana.contract import (
     validate_model_inputs,
     validate_positive,
 )
-from airflow_provider_banana.exceptions import BananaCallError, BananaTimeoutError
-from airflow_provider_banana.hooks.banana import BananaHook
-from airflow_provider_banana.triggers.banana import BananaCallTrigger
+from airflow_provider_banana.exceptions import BananaCallError, BananaConfigError, BananaError, BananaTimeoutError
+from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook
+from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCallTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -273,3 +282,314 @@ class BananaInferenceOperator(BaseOperator):
         """Log the running call: Banana v4 cannot cancel it."""
         if self._call_id:
             self.log.warning("Task killed while Banana call %s was running. %s", self._call_id, _NO_CANCEL)
+
+
+#: ``task_state_store`` (or XCom) keys of a batch: the plan, and its outputs in chunks.
+BATCH_STATE_KEY = "banana_batch_state"
+BATCH_CHUNK_KEY = "banana_batch_outputs_{}"
+
+
+class BatchStore:
+    """
+    Where a batch keeps its plan between deferrals and, when durable, between tries.
+
+    With Airflow 3.3's ``task_state_store`` (and ``durable=True``) the plan survives a retry, so a
+    retried task reattaches to its running calls and starts no finished input again. Without it
+    the plan lives in XCom, which Airflow keeps across the deferrals of one try and clears for the
+    next try. Outputs are written in one chunk per wave as they arrive, so each write is small;
+    the plan itself holds only the calls in flight and the failures.
+
+    :param context: the task's context.
+    :param durable: use the ``task_state_store`` when there is one.
+    """
+
+    def __init__(self, context: Context, durable: bool) -> None:
+        self._ti: Any = context["ti"]
+        self._store: Any = context.get("task_state_store") if durable else None
+        self.chunks = 0
+
+    @property
+    def durable(self) -> bool:
+        """Return whether the plan survives a retry of the task."""
+        return self._store is not None
+
+    def _get(self, key: str) -> Any:
+        if self._store is not None:
+            return self._store.get(key)
+        return self._ti.xcom_pull(task_ids=self._ti.task_id, key=key, map_indexes=self._ti.map_index)
+
+    def _set(self, key: str, value: Any) -> None:
+        if self._store is not None:
+            self._store.set(key, value)
+        else:
+            self._ti.xcom_push(key=key, value=value)
+
+    def load(self, plan: BatchPlan) -> Any:
+        """
+        Load the persisted plan into ``plan``; return its state dict, or ``None`` if there is none.
+
+        :param plan: a fresh plan for the same inputs.
+        """
+        state = self._get(BATCH_STATE_KEY)
+        if not isinstance(state, dict):
+            return None
+        chunks = int(state.get("chunks", 0))
+        outputs: dict[int, list[Any]] = {}
+        for number in range(chunks):
+            chunk = self._get(BATCH_CHUNK_KEY.format(number)) or {}
+            outputs.update({int(index): value for index, value in chunk.items()})
+        if not plan.restore(state, outputs):
+            return None
+        self.chunks = chunks
+        return state
+
+    def save(self, plan: BatchPlan, new_outputs: dict[int, list[Any]]) -> None:
+        """
+        Persist the outputs that arrived since the last save, then the plan.
+
+        Outputs go first: a worker that dies between the two leaves outputs the plan still calls
+        running, which :meth:`BatchPlan.restore` counts as done.
+        """
+        if new_outputs:
+            self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
+            self.chunks += 1
+            new_outputs.clear()
+        self._set(BATCH_STATE_KEY, {**plan.to_state(), "chunks": self.chunks, "try_number": self._ti.try_number})
+
+    def clear(self) -> None:
+        """Drop the plan and its outputs once the batch ended, so clearing the task starts afresh."""
+        if self._store is None:
+            return  # XCom of this try goes with the try
+        for number in range(self.chunks):
+            self._store.delete(BATCH_CHUNK_KEY.format(number))
+        self._store.delete(BATCH_STATE_KEY)
+
+
+class BananaBatchInferenceOperator(BaseOperator):
+    """
+    Run many inferences from one task, at most ``max_in_flight`` at a time, and return all outputs.
+
+    Each item of ``model_inputs`` is the ``modelInputs`` of one call. Starts are sent only from the
+    worker. With ``deferrable=True`` one
+    :class:`~airflow_provider_banana.triggers.banana.BananaBatchTrigger` watches the calls in
+    flight and hands control back when a wave of them ended, so the worker can start the next
+    ones and defer again; otherwise the worker waits on them itself. The return value is a list
+    with one entry per input, in input order: that call's ``modelOutputs`` list, or ``None`` for
+    an input that failed under ``on_item_failure="skip"``.
+
+    :param model_inputs: a list whose items are the inputs of one call each (templated, or an
+        upstream task's output); a string that renders to a JSON array works too.
+    :param model_key: the model (templated); defaults to the connection extra's ``model_key``.
+    :param banana_conn_id: the Airflow connection to use.
+    :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param max_in_flight: most calls running at once.
+    :param timeout: seconds the whole batch may take, per try; then the task fails naming the calls
+        still running (a retry reattaches to them).
+    :param item_retries: times one failed input is started again before it counts as failed.
+    :param on_item_failure: ``"fail"``: once an input failed after its retries no new input is
+        started, the calls in flight are waited for (their outputs are kept for a retry), and the
+        task fails naming the failed inputs and their messages; ``"skip"``: a failed input's entry
+        is ``None``, it is logged, and the batch goes on.
+    :param poll_interval: least seconds between the starts of two Checks of one call.
+    :param long_poll: let Banana hold each Check up to 50 s until the call finishes.
+    :param max_attempts: tries of one request through transient trouble (see the README).
+    :param durable: keep the plan in Airflow's ``task_state_store`` (Airflow 3.3+), so a retried
+        task starts no finished input again and reattaches to the running ones.
+    :param linger: seconds a wait lingers after its first call ended before handing back, so a
+        hand-back carries several results.
+    """
+
+    template_fields: Sequence[str] = ("model_inputs", "model_key")
+    template_fields_renderers = {"model_inputs": "json"}
+    ui_color = "#ffe135"
+
+    def __init__(
+        self,
+        *,
+        model_inputs: Any,
+        model_key: str | None = None,
+        banana_conn_id: str = BananaHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_in_flight: int = 8,
+        timeout: float = DEFAULT_TIMEOUT,
+        item_retries: int = 2,
+        on_item_failure: str = "fail",
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        long_poll: bool = True,
+        max_attempts: int = BananaRetryPolicy.max_attempts,
+        durable: bool = True,
+        linger: float = DEFAULT_LINGER,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if on_item_failure not in ON_ITEM_FAILURE:
+            raise BananaConfigError(f"on_item_failure must be one of {ON_ITEM_FAILURE}, got {on_item_failure!r}")
+        # Built once here so bad numbers fail when the DAG is parsed.
+        BatchPlan(0, max_in_flight, item_retries, stop_on_failure=True)
+        self.model_inputs = model_inputs
+        self.model_key = model_key
+        self.banana_conn_id = banana_conn_id
+        self.deferrable = deferrable
+        self.max_in_flight = max_in_flight
+        self.timeout = validate_positive("timeout", timeout)
+        self.item_retries = item_retries
+        self.on_item_failure = on_item_failure
+        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.long_poll = long_poll
+        self.max_attempts = BananaRetryPolicy(max_attempts=max_attempts).max_attempts
+        self.durable = durable
+        self.linger = validate_positive("linger", linger)
+
+    @functools.cached_property
+    def hook(self) -> BananaHook:
+        """Return the hook (made on first use, so ``__init__`` does no connection lookup)."""
+        return BananaHook(self.banana_conn_id, retry_policy=BananaRetryPolicy(max_attempts=self.max_attempts))
+
+    def execute(self, context: Context) -> Any:
+        """Start the batch (or carry on with this task's earlier calls), then wait or defer."""
+        inputs = self._inputs()
+        started_at = time.time()
+        plan, store = self._plan(inputs), BatchStore(context, self.durable)
+        state = store.load(plan)
+        if state is not None:
+            if state.get("try_number") != context["ti"].try_number:
+                plan.new_try()
+            self.log.info(
+                "Resuming Banana batch from an earlier try: %s; reattaching to %d running calls",
+                _counts(plan),
+                len(plan.running),
+            )
+        return self._advance(context, inputs, plan, store, started_at)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, started_at: float | None = None
+    ) -> Any:
+        """Take a wave of results from the trigger, then start the next calls or finish."""
+        inputs = self._inputs()
+        plan, store = self._plan(inputs), BatchStore(context, self.durable)
+        if store.load(plan) is None:
+            raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
+        started_at = time.time() if started_at is None else started_at
+        self._take_wave(plan, store, Wave.from_event(event), started_at)
+        return self._advance(context, inputs, plan, store, started_at)
+
+    def _inputs(self) -> list[dict[str, Any]]:
+        value = self.model_inputs
+        if isinstance(value, (str, bytes)):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise BananaConfigError(f"model_inputs is a string but not a JSON array: {e}") from e
+        if isinstance(value, Mapping) or not isinstance(value, Iterable):
+            raise TypeError(f"model_inputs must be a list of inputs, got {type(value).__name__}")
+        inputs = []
+        for index, item in enumerate(value):
+            try:
+                inputs.append(validate_model_inputs(item))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"model_inputs[{index}]: {e}") from e
+        return inputs
+
+    def _plan(self, inputs: list[dict[str, Any]]) -> BatchPlan:
+        return BatchPlan(
+            size=len(inputs),
+            max_in_flight=self.max_in_flight,
+            item_retries=self.item_retries,
+            stop_on_failure=self.on_item_failure == "fail",
+            digest=inputs_digest(inputs),
+        )
+
+    def _advance(
+        self, context: Context, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore, started_at: float
+    ) -> Any:
+        deadline = started_at + self.timeout
+        while True:
+            self._start_next(inputs, plan, store)
+            self.log.info("Banana batch: %s after %.1f s", _counts(plan), time.time() - started_at)
+            if plan.complete:
+                return self._finish(plan, store)
+            if time.time() >= deadline:
+                raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
+            if self.deferrable:
+                self.defer(
+                    trigger=BananaBatchTrigger(
+                        call_ids=list(plan.running.values()),
+                        banana_conn_id=self.banana_conn_id,
+                        deadline=deadline,
+                        started_at=started_at,
+                        poll_interval=self.poll_interval,
+                        long_poll=self.long_poll,
+                        max_attempts=self.max_attempts,
+                        linger=self.linger,
+                    ),
+                    method_name="execute_complete",
+                    kwargs={"started_at": started_at},
+                    timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
+                )
+            self._take_wave(plan, store, asyncio.run(self._wait(plan, started_at)), started_at)
+
+    async def _wait(self, plan: BatchPlan, started_at: float) -> Wave:
+        retry_policy = BananaRetryPolicy(max_attempts=self.max_attempts)
+        async with BananaAsyncHook(self.banana_conn_id, retry_policy=retry_policy) as hook:
+            return await hook.wait_many(
+                list(plan.running.values()),
+                timeout=self.timeout,
+                started_at=started_at,
+                long_poll=self.long_poll,
+                poll_interval=self.poll_interval,
+                linger=self.linger,
+            )
+
+    def _start_next(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> None:
+        new_outputs: dict[int, list[Any]] = {}
+        try:
+            for index in plan.next_starts():
+                try:
+                    result = self.hook.start(inputs[index], self.model_key, start_only=True)
+                except BananaCallError as e:
+                    self.log.warning("Banana refused item %d: %s", index, e.message)
+                    plan.start_failed(index, e.message)
+                    continue
+                if result.finished:
+                    new_outputs[index] = result.model_outputs or []
+                plan.started(index, result.call_id, new_outputs.get(index))
+                # Persisted after every Start: a worker that dies mid-burst loses no call id.
+                store.save(plan, new_outputs)
+        finally:
+            store.save(plan, new_outputs)
+
+    def _take_wave(self, plan: BatchPlan, store: BatchStore, wave: Wave, started_at: float) -> None:
+        by_call = {call_id: index for index, call_id in plan.running.items()}
+        new_outputs = {by_call[c]: outputs for c, outputs in wave.finished.items() if c in by_call}
+        for call_id, message in wave.failed.items():
+            if call_id in by_call:
+                self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
+        plan.record(wave)
+        store.save(plan, new_outputs)
+        if wave.error:
+            raise BananaError(
+                f"Waiting for the Banana batch's calls failed: {wave.error} ({_counts(plan)}); "
+                "the calls run on, and a retry of this task reattaches to them"
+            )
+        if wave.timed_out:
+            raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
+
+    def _finish(self, plan: BatchPlan, store: BatchStore) -> list[list[Any] | None]:
+        if plan.failed and not plan.stop_on_failure:
+            for index, message in sorted(plan.failed.items()):
+                self.log.warning(
+                    "Banana batch item %d failed after its retries; its output is None: %s", index, message
+                )
+        try:
+            return plan.result()
+        finally:
+            if not (plan.failed and plan.stop_on_failure):
+                store.clear()
+
+    def on_kill(self) -> None:
+        """Say that the calls in flight run on: Banana v4 cannot cancel them."""
+        self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
+
+
+def _counts(plan: BatchPlan) -> str:
+    return ", ".join(f"{value} {name}" for name, value in plan.progress().items())

@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_banana.batch import Wave
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     BananaRetryPolicy,
@@ -17,7 +18,7 @@ from airflow_provider_banana.contract import (
     validate_positive,
 )
 from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
-from airflow_provider_banana.hooks.banana import BananaAsyncHook
+from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook
 
 
 class BananaCallTrigger(BaseTrigger):
@@ -110,4 +111,106 @@ class BananaCallTrigger(BaseTrigger):
         self.log.warning(
             "Stopped waiting for Banana call %s; Banana v4 cannot cancel a call, so it runs on and is billed",
             self.call_id,
+        )
+
+
+class BananaBatchTrigger(BaseTrigger):
+    """
+    Watch the calls a batch has in flight and hand back a wave of results to the worker.
+
+    One trigger per batch task: the worker starts at most ``max_in_flight`` calls, defers to this
+    trigger with their ids, and gets back one event when enough of them ended (all, half, or those
+    that ended within ``linger`` seconds of the first); it then starts the next calls and defers
+    again. It never sends a Start. Its kwargs hold only the ids in flight, never the inputs or
+    outputs of the batch, and the event only what ended in this wave.
+
+    The event payload: ``status`` ``"wave"``, ``finished`` (call id to ``modelOutputs``),
+    ``failed`` (call id to Banana's message), ``timed_out`` (the deadline passed) and ``error``
+    (transport trouble that outlived the retries, or another problem; ``None`` when all went well).
+
+    :param call_ids: the calls in flight.
+    :param banana_conn_id: the Airflow connection to use.
+    :param deadline: ``time.time()`` after which the wave ends with ``timed_out``.
+    :param started_at: ``time.time()`` when this try of the batch started.
+    :param poll_interval: least seconds between the starts of two Checks of one call.
+    :param long_poll: let the server hold each Check up to 50 s.
+    :param max_attempts: tries of one Check through transient transport trouble.
+    :param linger: seconds to wait for more calls to end after the first one did.
+    """
+
+    def __init__(
+        self,
+        call_ids: list[str],
+        banana_conn_id: str = BananaAsyncHook.default_conn_name,
+        deadline: float | None = None,
+        *,
+        started_at: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        long_poll: bool = True,
+        max_attempts: int = BananaRetryPolicy.max_attempts,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
+        super().__init__()
+        if deadline is None:
+            raise BananaConfigError("BananaBatchTrigger needs a deadline (an absolute time.time())")
+        if not call_ids:
+            raise BananaConfigError("BananaBatchTrigger needs at least one call id")
+        self.call_ids = [validate_call_id(call_id) for call_id in call_ids]
+        self.banana_conn_id = banana_conn_id
+        self.deadline = float(deadline)
+        self.started_at = float(started_at) if started_at is not None else time.time()
+        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.long_poll = bool(long_poll)
+        self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
+        self.linger = validate_positive("linger", linger)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "call_ids": self.call_ids,
+                "banana_conn_id": self.banana_conn_id,
+                "deadline": self.deadline,
+                "started_at": self.started_at,
+                "poll_interval": self.poll_interval,
+                "long_poll": self.long_poll,
+                "max_attempts": self.retry_policy.max_attempts,
+                "linger": self.linger,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait for a wave of the calls to end; yield one event."""
+        try:
+            wave = await self._wave()
+        except Exception as e:  # every failure becomes the one event the operator reads
+            self.log.warning("Banana batch wait failed: %s", e)
+            wave = Wave(error=f"{type(e).__name__}: {e}")
+        self.log.info(
+            "Banana batch wave: %d finished, %d failed, of %d calls in flight",
+            len(wave.finished),
+            len(wave.failed),
+            len(self.call_ids),
+        )
+        yield TriggerEvent(wave.to_event())
+
+    async def _wave(self) -> Wave:
+        if time.time() >= self.deadline:
+            return Wave(timed_out=True)
+        async with BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy) as hook:
+            return await hook.wait_many(
+                self.call_ids,
+                timeout=max(self.deadline - self.started_at, 1e-3),
+                started_at=self.started_at,
+                long_poll=self.long_poll,
+                poll_interval=self.poll_interval,
+                linger=self.linger,
+            )
+
+    async def on_kill(self) -> None:
+        """Say that the calls run on: Banana v4 has no cancel endpoint."""
+        self.log.warning(
+            "Stopped waiting for Banana calls %s; Banana v4 cannot cancel a call, so they run on and are billed",
+            ", ".join(self.call_ids),
         )
