@@ -144,3 +144,50 @@ execution_timeout_deferred = _inference(
     timeout=600,
     execution_timeout=timedelta(seconds=3),
 )
+
+# Batch inference.
+from airflow_provider_banana.operators.banana import BananaBatchInferenceOperator  # noqa: E402
+
+BATCH_200 = [{"seconds": 0.02 * (i % 7), "result": i} for i in range(200)]
+
+
+def _batch(dag_id: str, **kwargs: Any) -> DAG:
+    with _dag(dag_id) as dag:
+        batch = BananaBatchInferenceOperator(task_id="batch", **kwargs)
+        downstream(batch.output)
+    return dag
+
+
+batch_deferrable = _batch(
+    "t_batch_deferrable", model_key="sleep", model_inputs=BATCH_200, max_in_flight=10, deferrable=True
+)
+batch_blocking = _batch("t_batch_blocking", model_key="sleep", model_inputs=BATCH_200, max_in_flight=10)
+FLAKY = [{"key": f"{{{{ run_id }}}}-{i}", "fail_times": 1 if i == 3 else 0} for i in range(8)]
+batch_flaky = _batch(
+    "t_batch_flaky", model_key="flaky", model_inputs=FLAKY, max_in_flight=3, item_retries=1, deferrable=True
+)
+BROKEN = [{"key": f"{{{{ run_id }}}}-{i}", "fail_times": 9 if i in (2, 5) else 0} for i in range(8)]
+batch_fail_policy = _batch(
+    "t_batch_fail_policy", model_key="flaky", model_inputs=BROKEN, max_in_flight=3, item_retries=1, deferrable=True
+)
+batch_skip_policy = _batch(
+    "t_batch_skip_policy",
+    model_key="flaky",
+    model_inputs=BROKEN,
+    max_in_flight=3,
+    item_retries=1,
+    on_item_failure="skip",
+)
+BATCH_30 = [{"seconds": 0.5, "result": i} for i in range(30)]
+batch_retry = _batch(
+    "t_batch_retry",
+    model_key="sleep",
+    model_inputs=BATCH_30,
+    max_in_flight=10,
+    max_attempts=1,
+    deferrable=True,
+    **RETRY,
+)
+batch_retry_blocking = _batch(
+    "t_batch_retry_blocking", model_key="sleep", model_inputs=BATCH_30, max_in_flight=10, max_attempts=1, **RETRY
+)

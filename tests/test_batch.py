@@ -1,0 +1,158 @@
+"""Batch inference: bounded concurrency, order, per-item retries, failure policies, durable retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_provider_banana.batch import BananaBatchError, BatchPlan, Wave, hand_back_now
+from airflow_provider_banana.devserver.testing import DevServer
+from tests.dags import banana_test_dags as scenarios
+from tests.test_dags import states, xcom
+from tests.test_durable import try_numbers
+
+
+class TestPlan:
+    """The pure plan, with plain data."""
+
+    def test_starts_respect_max_in_flight_and_order(self) -> None:
+        plan = BatchPlan(size=5, max_in_flight=2, item_retries=0, stop_on_failure=True)
+        assert plan.next_starts() == [0, 1]
+        plan.started(0, "c0")
+        plan.started(1, "c1")
+        assert plan.next_starts() == []
+        plan.record(Wave(finished={"c1": [1]}))
+        assert plan.next_starts() == [2]
+        assert plan.progress() == {"done": 1, "running": 1, "waiting": 2, "failed": 0}
+
+    def test_retries_come_first_then_give_up(self) -> None:
+        plan = BatchPlan(size=3, max_in_flight=1, item_retries=1, stop_on_failure=False)
+        assert plan.next_starts() == [0]
+        plan.started(0, "a")
+        plan.record(Wave(failed={"a": "error: x"}))
+        assert plan.next_starts() == [0]  # its one retry, before any fresh input
+        plan.started(0, "b")
+        plan.record(Wave(failed={"b": "error: y"}))
+        assert plan.failed == {0: "error: y"}
+        assert plan.next_starts() == [1]
+
+    def test_fail_policy_stops_new_starts_and_raises_naming_items(self) -> None:
+        plan = BatchPlan(size=4, max_in_flight=2, item_retries=0, stop_on_failure=True)
+        plan.next_starts()
+        plan.started(0, "a")
+        plan.started(1, "b")
+        plan.record(Wave(failed={"a": "error: boom"}))
+        assert plan.next_starts() == []
+        assert not plan.complete  # b still runs: it is waited for
+        plan.record(Wave(finished={"b": [2]}))
+        assert plan.complete
+        with pytest.raises(BananaBatchError, match="item 0: error: boom") as info:
+            plan.result()
+        assert info.value.failures == {0: "error: boom"}
+
+    def test_skip_policy_returns_none_for_failed_items(self) -> None:
+        plan = BatchPlan(size=2, max_in_flight=2, item_retries=0, stop_on_failure=False)
+        plan.next_starts()
+        plan.started(0, "a")
+        plan.started(1, None, outputs=[{"x": 1}])  # finished within its Start
+        plan.record(Wave(failed={"a": "error"}))
+        assert plan.complete
+        assert plan.result() == [None, [{"x": 1}]]
+
+    def test_state_round_trip_stays_small(self) -> None:
+        plan = BatchPlan(size=1000, max_in_flight=4, item_retries=1, stop_on_failure=True, digest="d")
+        for _ in range(100):
+            for index in plan.next_starts():
+                plan.started(index, f"c{index}")
+            plan.record(Wave(finished={f"c{i}": [i] for i in list(plan.running)}))
+        state = plan.to_state()
+        assert len(str(state)) < 500  # no counters of the 400 finished items
+        copy = BatchPlan(size=1000, max_in_flight=4, item_retries=1, stop_on_failure=True, digest="d")
+        assert copy.restore(state, plan.outputs)
+        assert copy.next_starts() == [400, 401, 402, 403]
+        other = BatchPlan(size=1000, max_in_flight=4, item_retries=1, stop_on_failure=True, digest="changed")
+        assert not other.restore(state, {})
+
+    def test_restore_counts_persisted_outputs_as_done(self) -> None:
+        plan = BatchPlan(size=2, max_in_flight=2, item_retries=0, stop_on_failure=True)
+        plan.next_starts()
+        plan.started(0, "a")
+        plan.started(1, "b")
+        state = plan.to_state()
+        copy = BatchPlan(size=2, max_in_flight=2, item_retries=0, stop_on_failure=True)
+        assert copy.restore(state, {0: [7]})
+        assert copy.running == {1: "b"}
+
+    def test_new_try_retries_failed_items(self) -> None:
+        plan = BatchPlan(size=1, max_in_flight=1, item_retries=0, stop_on_failure=True)
+        plan.next_starts()
+        plan.started(0, "a")
+        plan.record(Wave(failed={"a": "error"}))
+        plan.new_try()
+        assert plan.next_starts() == [0]
+
+    @pytest.mark.parametrize(
+        ("ended", "in_flight", "since", "expected"),
+        [(0, 10, None, False), (1, 10, 0.1, False), (1, 10, 1.5, True), (5, 10, 0.0, True), (1, 1, 0.0, True)],
+    )
+    def test_hand_back(self, ended: int, in_flight: int, since: float | None, expected: bool) -> None:
+        assert hand_back_now(ended, in_flight, since, linger=1.0) is expected
+
+    def test_wave_event_round_trip(self) -> None:
+        wave = Wave(finished={"a": [1]}, failed={"b": "error"}, timed_out=False, error=None)
+        assert Wave.from_event(wave.to_event()) == wave
+        for bad in (None, {"status": "success"}, {"status": "wave", "finished": []}):
+            with pytest.raises(Exception, match="Banana batch"):
+                Wave.from_event(bad)
+
+
+pytestmark_dags = pytest.mark.usefixtures("airflow_db", "banana_conn")
+
+
+@pytestmark_dags
+class TestBatchDags:
+    @pytest.mark.parametrize(
+        "dag", [scenarios.batch_deferrable, scenarios.batch_blocking], ids=["deferrable", "blocking"]
+    )
+    def test_200_inputs_in_order_never_more_than_10_running(self, dag: Any, server: DevServer) -> None:
+        run = dag.test()
+        assert str(run.state) == "success", states(run)
+        outputs = xcom(run, "downstream")
+        assert [item[0]["result"] for item in outputs] == list(range(200))
+        stats = server.stats()
+        assert stats["per_model"]["sleep"]["running_max"] <= 10
+        assert stats["starts_taken"] == 200
+
+    def test_flaky_item_is_retried(self, server: DevServer) -> None:
+        run = scenarios.batch_flaky.test()
+        assert str(run.state) == "success", states(run)
+        outputs = xcom(run, "downstream")
+        assert [item[0]["attempt"] for item in outputs] == [1, 1, 1, 2, 1, 1, 1, 1]
+        assert server.stats()["starts_taken"] == 9
+
+    def test_fail_policy_fails_naming_the_items(self, server: DevServer, capfd: pytest.CaptureFixture[str]) -> None:
+        run = scenarios.batch_fail_policy.test()
+        assert states(run)["batch"] == "failed"
+        logs = "".join(capfd.readouterr())
+        assert "Banana batch items failed" in logs
+        assert "item 2:" in logs
+
+    def test_skip_policy_returns_none_for_failed_items(self, server: DevServer) -> None:
+        run = scenarios.batch_skip_policy.test()
+        assert str(run.state) == "success", states(run)
+        outputs = xcom(run, "downstream")
+        assert [index for index, item in enumerate(outputs) if item is None] == [2, 5]
+        assert server.stats()["starts_taken"] == 6 + 2 * 2  # failed items: first try and one retry
+
+    @pytest.mark.parametrize(
+        "dag", [scenarios.batch_retry, scenarios.batch_retry_blocking], ids=["deferrable", "blocking"]
+    )
+    def test_task_retry_mid_batch_starts_nothing_twice(self, dag: Any, server: DevServer) -> None:
+        # The first wait fails (a 503 with max_attempts=1) after 10 calls were started.
+        server.faults(fail_next={"count": 1, "status": 503, "endpoints": ["check"]})
+        run = dag.test()
+        assert str(run.state) == "success", states(run)
+        assert try_numbers(run)["batch"] == 2
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(30))
+        assert server.stats()["starts_taken"] == 30  # no finished or running item started again
