@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +161,24 @@ class TestBatchDags:
         assert try_numbers(run)["batch"] == 2
         assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(30))
         assert server.stats()["starts_taken"] == 30  # no finished or running item started again
+
+
+@pytestmark_dags
+def test_5000_short_calls_in_one_task_through_airflow_dags_test(server: DevServer, airflow_db: Path) -> None:
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "t_batch_5000"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+        check=False,
+    )
+    elapsed = time.monotonic() - began
+    output = result.stdout + result.stderr
+    assert "DagRun Finished: dag_id=t_batch_5000" in output, output[-3000:]
+    assert "state=success" in output.split("DagRun Finished: dag_id=t_batch_5000")[1][:2000], output[-3000:]
+    stats = server.stats()
+    assert stats["starts_taken"] == 5000
+    assert stats["per_model"]["sleep"]["running_max"] <= 50
+    print(f"5,000 calls through `airflow dags test` in {elapsed:.0f} s, {stats['check_requests']} Checks")

@@ -191,3 +191,11 @@ batch_retry = _batch(
 batch_retry_blocking = _batch(
     "t_batch_retry_blocking", model_key="sleep", model_inputs=BATCH_30, max_in_flight=10, max_attempts=1, **RETRY
 )
+# 5,000 short calls in one task, run through `airflow dags test` by tests/test_batch.py.
+batch_5000 = _batch(
+    "t_batch_5000",
+    model_key="sleep",
+    model_inputs=[{"seconds": 0, "result": i} for i in range(5000)],
+    max_in_flight=50,
+    deferrable=True,
+)
