@@ -162,6 +162,25 @@ class TestBatchDags:
         assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(30))
         assert server.stats()["starts_taken"] == 30  # no finished or running item started again
 
+    def test_without_durable_the_plan_lives_in_xcom_across_deferrals(self, server: DevServer) -> None:
+        run = scenarios.batch_not_durable.test()
+        assert str(run.state) == "success", states(run)
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(30))
+        assert xcom(run, "batch", key="banana_batch_state")["chunks"] >= 1
+        assert server.stats()["starts_taken"] == 30
+
+    def test_batch_timeout_names_the_calls_still_running(
+        self, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        began = time.monotonic()
+        run = scenarios.batch_timeout.test()
+        assert states(run)["batch"] == "failed"
+        assert time.monotonic() - began < 30
+        logs = "".join(capfd.readouterr())
+        assert "Banana batch did not finish within 3 s" in logs
+        assert "item 4: call_" in logs
+        assert server.stats()["starts_taken"] == 8
+
 
 @pytestmark_dags
 def test_5000_short_calls_in_one_task_through_airflow_dags_test(server: DevServer, airflow_db: Path) -> None:

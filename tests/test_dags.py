@@ -138,7 +138,12 @@ class TestExamples:
         monkeypatch.delenv("AIRFLOW_CONN_BANANA_DEFAULT")
         bag = example_bag()
         assert bag.import_errors == {}
-        assert set(bag.dag_ids) == {"example_banana_inference", "example_banana_mapped", "example_banana_sensor"}
+        assert set(bag.dag_ids) == {
+            "example_banana_batch",
+            "example_banana_inference",
+            "example_banana_mapped",
+            "example_banana_sensor",
+        }
 
     @pytest.mark.parametrize(
         ("dag_id", "task_id", "check"),
@@ -146,6 +151,7 @@ class TestExamples:
             ("example_banana_inference", "summarize", lambda value: value["words"] == 9),
             ("example_banana_mapped", "total_words", lambda value: value == 5 + 4 + 5),
             ("example_banana_sensor", "report", lambda value: value == "ripe"),
+            ("example_banana_batch", "store", lambda value: value == 40 * 5),
         ],
     )
     def test_example_runs_end_to_end(self, dag_id: str, task_id: str, check: Any) -> None:

@@ -307,6 +307,9 @@ class BatchStore:
         self._ti: Any = context["ti"]
         self._store: Any = context.get("task_state_store") if durable else None
         self.chunks = 0
+        #: ``time.time()`` when this try of the batch started: its deadline counts from here. Kept
+        #: in the plan, not in the deferral's kwargs, which dag.test() does not hand back.
+        self.started_at = time.time()
 
     @property
     def durable(self) -> bool:
@@ -341,6 +344,8 @@ class BatchStore:
         if not plan.restore(state, outputs):
             return None
         self.chunks = chunks
+        if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
+            self.started_at = float(state["started_at"])
         return state
 
     def save(self, plan: BatchPlan, new_outputs: dict[int, list[Any]]) -> None:
@@ -354,7 +359,15 @@ class BatchStore:
             self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
             self.chunks += 1
             new_outputs.clear()
-        self._set(BATCH_STATE_KEY, {**plan.to_state(), "chunks": self.chunks, "try_number": self._ti.try_number})
+        self._set(
+            BATCH_STATE_KEY,
+            {
+                **plan.to_state(),
+                "chunks": self.chunks,
+                "try_number": self._ti.try_number,
+                "started_at": self.started_at,
+            },
+        )
 
     def clear(self) -> None:
         """Drop the plan and its outputs once the batch ended, so clearing the task starts afresh."""
@@ -448,9 +461,10 @@ class BananaBatchInferenceOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         """Start the batch (or carry on with this task's earlier calls), then wait or defer."""
         inputs = self._inputs()
-        started_at = time.time()
         plan, store = self._plan(inputs), BatchStore(context, self.durable)
         state = store.load(plan)
+        # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
+        store.started_at = time.time()
         if state is not None:
             if state.get("try_number") != context["ti"].try_number:
                 plan.new_try()
@@ -459,19 +473,16 @@ class BananaBatchInferenceOperator(BaseOperator):
                 _counts(plan),
                 len(plan.running),
             )
-        return self._advance(context, inputs, plan, store, started_at)
+        return self._advance(inputs, plan, store)
 
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, started_at: float | None = None
-    ) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
         """Take a wave of results from the trigger, then start the next calls or finish."""
         inputs = self._inputs()
         plan, store = self._plan(inputs), BatchStore(context, self.durable)
         if store.load(plan) is None:
             raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
-        started_at = time.time() if started_at is None else started_at
-        self._take_wave(plan, store, Wave.from_event(event), started_at)
-        return self._advance(context, inputs, plan, store, started_at)
+        self._take_wave(plan, store, Wave.from_event(event))
+        return self._advance(inputs, plan, store)
 
     def _inputs(self) -> list[dict[str, Any]]:
         value = self.model_inputs
@@ -499,9 +510,8 @@ class BananaBatchInferenceOperator(BaseOperator):
             digest=inputs_digest(inputs),
         )
 
-    def _advance(
-        self, context: Context, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore, started_at: float
-    ) -> Any:
+    def _advance(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> Any:
+        started_at = store.started_at
         deadline = started_at + self.timeout
         while True:
             self._start_next(inputs, plan, store)
@@ -523,10 +533,9 @@ class BananaBatchInferenceOperator(BaseOperator):
                         linger=self.linger,
                     ),
                     method_name="execute_complete",
-                    kwargs={"started_at": started_at},
                     timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
                 )
-            self._take_wave(plan, store, asyncio.run(self._wait(plan, started_at)), started_at)
+            self._take_wave(plan, store, asyncio.run(self._wait(plan, started_at)))
 
     async def _wait(self, plan: BatchPlan, started_at: float) -> Wave:
         retry_policy = BananaRetryPolicy(max_attempts=self.max_attempts)
@@ -558,7 +567,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         finally:
             store.save(plan, new_outputs)
 
-    def _take_wave(self, plan: BatchPlan, store: BatchStore, wave: Wave, started_at: float) -> None:
+    def _take_wave(self, plan: BatchPlan, store: BatchStore, wave: Wave) -> None:
         by_call = {call_id: index for index, call_id in plan.running.items()}
         new_outputs = {by_call[c]: outputs for c, outputs in wave.finished.items() if c in by_call}
         for call_id, message in wave.failed.items():

@@ -191,6 +191,22 @@ batch_retry = _batch(
 batch_retry_blocking = _batch(
     "t_batch_retry_blocking", model_key="sleep", model_inputs=BATCH_30, max_in_flight=10, max_attempts=1, **RETRY
 )
+batch_not_durable = _batch(
+    "t_batch_not_durable",
+    model_key="sleep",
+    model_inputs=BATCH_30,
+    max_in_flight=10,
+    deferrable=True,
+    durable=False,
+)
+batch_timeout = _batch(
+    "t_batch_timeout",
+    model_key="sleep",
+    model_inputs=[{"seconds": 0.2 if i < 4 else 30} for i in range(8)],
+    max_in_flight=4,
+    deferrable=True,
+    timeout=3,
+)
 # 5,000 short calls in one task, run through `airflow dags test` by tests/test_batch.py.
 batch_5000 = _batch(
     "t_batch_5000",
