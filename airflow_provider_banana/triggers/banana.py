@@ -21,7 +21,71 @@ from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutE
 from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook
 
 
-class BananaCallTrigger(BaseTrigger):
+class _BananaWaitTrigger(BaseTrigger):
+    """
+    What both Banana triggers hold: where to ask, until when, and how often.
+
+    :param banana_conn_id: the Airflow connection to use.
+    :param deadline: ``time.time()`` after which the wait ends as timed out.
+    :param started_at: ``time.time()`` of the Start (or of the batch's try), for the timeout's text
+        and elapsed-time logs (default: now).
+    :param poll_interval: least seconds between the starts of two Checks of one call (matters when
+        long polling is off or the server answers at once).
+    :param long_poll: let the server hold each Check up to 50 s until the call finishes.
+    :param max_attempts: tries of one Check through transient transport trouble, with backoff,
+        before the trigger gives up with an error.
+    """
+
+    def __init__(
+        self,
+        banana_conn_id: str,
+        deadline: float | None,
+        *,
+        started_at: float | None,
+        poll_interval: float,
+        long_poll: bool,
+        max_attempts: int,
+    ) -> None:
+        super().__init__()
+        if deadline is None:
+            raise BananaConfigError(f"{type(self).__name__} needs a deadline (an absolute time.time())")
+        self.banana_conn_id = banana_conn_id
+        self.deadline = float(deadline)
+        self.started_at = float(started_at) if started_at is not None else time.time()
+        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.long_poll = bool(long_poll)
+        self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
+
+    def _serialize(self, **own: Any) -> tuple[str, dict[str, Any]]:
+        # The classpath comes from the class, so a subclass or a move cannot leave it stale.
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                **own,
+                "banana_conn_id": self.banana_conn_id,
+                "deadline": self.deadline,
+                "started_at": self.started_at,
+                "poll_interval": self.poll_interval,
+                "long_poll": self.long_poll,
+                "max_attempts": self.retry_policy.max_attempts,
+            },
+        )
+
+    @property
+    def expired(self) -> bool:
+        """Return whether the deadline has passed (e.g. a trigger rebuilt after it): no lookup, no request."""
+        return time.time() >= self.deadline
+
+    @property
+    def timeout(self) -> float:
+        """Return the whole budget from the start, whatever is left now (for the timeout's text)."""
+        return max(self.deadline - self.started_at, 1e-3)
+
+    def _hook(self) -> BananaAsyncHook:
+        return BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy)
+
+
+class BananaCallTrigger(_BananaWaitTrigger):
     """
     Long-poll Banana's Check for one call and yield exactly one event when it ends.
 
@@ -57,31 +121,19 @@ class BananaCallTrigger(BaseTrigger):
         long_poll: bool = True,
         max_attempts: int = BananaRetryPolicy.max_attempts,
     ) -> None:
-        super().__init__()
-        if deadline is None:
-            raise BananaConfigError("BananaCallTrigger needs a deadline (an absolute time.time())")
+        super().__init__(
+            banana_conn_id,
+            deadline,
+            started_at=started_at,
+            poll_interval=poll_interval,
+            long_poll=long_poll,
+            max_attempts=max_attempts,
+        )
         self.call_id = validate_call_id(call_id)
-        self.banana_conn_id = banana_conn_id
-        self.deadline = float(deadline)
-        self.started_at = float(started_at) if started_at is not None else time.time()
-        self.poll_interval = validate_positive("poll_interval", poll_interval)
-        self.long_poll = bool(long_poll)
-        self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "call_id": self.call_id,
-                "banana_conn_id": self.banana_conn_id,
-                "deadline": self.deadline,
-                "started_at": self.started_at,
-                "poll_interval": self.poll_interval,
-                "long_poll": self.long_poll,
-                "max_attempts": self.retry_policy.max_attempts,
-            },
-        )
+        return self._serialize(call_id=self.call_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check the call until it ends or the deadline passes; yield one event."""
@@ -94,13 +146,12 @@ class BananaCallTrigger(BaseTrigger):
         yield TriggerEvent(success_event(self.call_id, outputs))
 
     async def _wait(self) -> list[Any]:
-        if time.time() >= self.deadline:  # e.g. a trigger rebuilt after its deadline: no lookup, no request
-            raise BananaTimeoutError(self.call_id, self.deadline - self.started_at)
-        async with BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy) as hook:
+        if self.expired:
+            raise BananaTimeoutError(self.call_id, self.timeout)
+        async with self._hook() as hook:
             return await hook.wait(
                 self.call_id,
-                # The timeout in the error text is the whole budget from Start, whatever is left now.
-                timeout=max(self.deadline - self.started_at, 1e-3),
+                timeout=self.timeout,
                 started_at=self.started_at,
                 long_poll=self.long_poll,
                 poll_interval=self.poll_interval,
@@ -114,7 +165,7 @@ class BananaCallTrigger(BaseTrigger):
         )
 
 
-class BananaBatchTrigger(BaseTrigger):
+class BananaBatchTrigger(_BananaWaitTrigger):
     """
     Watch the calls a batch has in flight and hand back a wave of results to the worker.
 
@@ -150,35 +201,22 @@ class BananaBatchTrigger(BaseTrigger):
         max_attempts: int = BananaRetryPolicy.max_attempts,
         linger: float = DEFAULT_LINGER,
     ) -> None:
-        super().__init__()
-        if deadline is None:
-            raise BananaConfigError("BananaBatchTrigger needs a deadline (an absolute time.time())")
+        super().__init__(
+            banana_conn_id,
+            deadline,
+            started_at=started_at,
+            poll_interval=poll_interval,
+            long_poll=long_poll,
+            max_attempts=max_attempts,
+        )
         if not call_ids:
             raise BananaConfigError("BananaBatchTrigger needs at least one call id")
         self.call_ids = [validate_call_id(call_id) for call_id in call_ids]
-        self.banana_conn_id = banana_conn_id
-        self.deadline = float(deadline)
-        self.started_at = float(started_at) if started_at is not None else time.time()
-        self.poll_interval = validate_positive("poll_interval", poll_interval)
-        self.long_poll = bool(long_poll)
-        self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
         self.linger = validate_positive("linger", linger)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "call_ids": self.call_ids,
-                "banana_conn_id": self.banana_conn_id,
-                "deadline": self.deadline,
-                "started_at": self.started_at,
-                "poll_interval": self.poll_interval,
-                "long_poll": self.long_poll,
-                "max_attempts": self.retry_policy.max_attempts,
-                "linger": self.linger,
-            },
-        )
+        return self._serialize(call_ids=self.call_ids, linger=self.linger)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Wait for a wave of the calls to end; yield one event."""
@@ -196,12 +234,12 @@ class BananaBatchTrigger(BaseTrigger):
         yield TriggerEvent(wave.to_event())
 
     async def _wave(self) -> Wave:
-        if time.time() >= self.deadline:
+        if self.expired:
             return Wave(timed_out=True)
-        async with BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy) as hook:
+        async with self._hook() as hook:
             return await hook.wait_many(
                 self.call_ids,
-                timeout=max(self.deadline - self.started_at, 1e-3),
+                timeout=self.timeout,
                 started_at=self.started_at,
                 long_poll=self.long_poll,
                 poll_interval=self.poll_interval,
