@@ -18,7 +18,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
 fi
 
 stamp="$VENV/.banana-installed"
-want="$AIRFLOW_VERSION $(cat "$ROOT/pyproject.toml" "$ROOT"/constraints/*.txt 2>/dev/null | cksum)"
+want="$AIRFLOW_VERSION $( { cat "$ROOT/pyproject.toml"; cat "$ROOT"/constraints/*.txt 2>/dev/null || true; } | cksum)"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0 2>/dev/null || exit 0
 fi
