@@ -160,7 +160,9 @@ class BatchPlan:
     digest: str = ""
     running: dict[int, str] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    #: Outputs that arrived in this process; the persisted ones are read back only at the end.
     outputs: dict[int, list[Any]] = field(default_factory=dict)
+    done: int = 0
     failed: dict[int, str] = field(default_factory=dict)
     last_errors: dict[int, str] = field(default_factory=dict)
     retry_queue: list[int] = field(default_factory=list)
@@ -221,6 +223,7 @@ class BatchPlan:
     def _done(self, index: int, outputs: list[Any]) -> None:
         # Only unfinished items keep their counters, so the persisted state stays small.
         self.outputs[index] = outputs
+        self.done += 1
         self.attempts.pop(index, None)
         self.last_errors.pop(index, None)
 
@@ -267,21 +270,22 @@ class BatchPlan:
     def progress(self) -> dict[str, int]:
         """Return the counts a person watching wants: done, running, waiting, failed."""
         return {
-            "done": len(self.outputs),
+            "done": self.done,
             "running": len(self.running),
             "waiting": self.waiting,
             "failed": len(self.failed),
         }
 
-    def result(self) -> list[list[Any] | None]:
+    def result(self, outputs: Mapping[int, list[Any]]) -> list[list[Any] | None]:
         """
         Return one entry per input, in input order: its outputs, or ``None`` for a failed one.
 
+        :param outputs: every output of the batch, by input index (persisted and new).
         :raises BananaBatchError: an item failed and the plan stops on failure.
         """
         if self.stop_on_failure and self.failed:
             raise BananaBatchError(self.failed, self.size)
-        return [self.outputs.get(index) for index in range(self.size)]
+        return [outputs.get(index) for index in range(self.size)]
 
     # -- persisting -------------------------------------------------------------------------------------
 
@@ -302,14 +306,18 @@ class BatchPlan:
             "last_errors": {str(k): v for k, v in self.last_errors.items()},
             "retry_queue": self.retry_queue,
             "next_fresh": self.next_fresh,
+            "done": self.done,
         }
 
-    def restore(self, state: Any, outputs: Mapping[int, list[Any]]) -> bool:
+    def restore(self, state: Any) -> bool:
         """
         Load what an earlier try (or deferral) persisted, if it is for the same inputs.
 
+        Outputs are not part of it: they stay where they were persisted until the batch ends. A
+        call whose outputs were persisted but not yet marked done in the state is still listed as
+        running, and the next wave's Check (free) finds it finished again.
+
         :param state: the JSON state from :meth:`to_state`.
-        :param outputs: the outputs persisted so far.
         :return: whether the state was taken.
         """
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
@@ -322,9 +330,6 @@ class BatchPlan:
         self.last_errors = {int(k): str(v) for k, v in state.get("last_errors", {}).items()}
         self.retry_queue = [int(i) for i in state.get("retry_queue", [])]
         self.next_fresh = int(state.get("next_fresh", 0))
-        self.outputs = dict(outputs)
-        # An input whose outputs were persisted after the state was written is done, not running.
-        for index in list(self.running):
-            if index in self.outputs:
-                del self.running[index]
+        self.done = int(state.get("done", 0))
+        self.outputs = {}
         return True

@@ -14,7 +14,9 @@ import functools
 import json
 import logging
 import ssl
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -394,6 +396,89 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+#: Most hooks open at once on one event loop that share one ``httpx.AsyncClient``. Neither extreme
+#: holds 10,000 triggers: httpcore's pool does work per open connection on every request and
+#: response (encode/httpx#3215), and each trigger holds a connection in a long poll, so one client
+#: for all of them is quadratic; a client per hook costs ~0.35 ms of CPU to build (it reads the
+#: proxy variables of the environment), a few KiB, and a new TCP connection per trigger. Small
+#: shards keep the pool's work small and let a new trigger reuse a connection an ended one left
+#: idle (figures in benchmarks/README.md).
+HOOKS_PER_CLIENT = 16
+#: Idle connections a shared client keeps for the next hook. httpcore's pool rescans every
+#: connection once per idle one, and polls each idle socket, on every request: keep few.
+IDLE_PER_CLIENT = 4
+
+
+class _SharedClients:
+    """The clients the hooks of one event loop share, per base URL and API key.
+
+    Hooks of different connections never share a client, so nothing a server sets on a client
+    (cookies) crosses from one connection to another.
+    """
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str], list[httpx.AsyncClient]] = {}
+        self.users: dict[httpx.AsyncClient, int] = {}
+        self.key_of: dict[httpx.AsyncClient, tuple[str, str]] = {}
+
+    def lease(self, key: tuple[str, str]) -> httpx.AsyncClient:
+        """Return a client with room for one more hook, opening one if none has; count the hook in.
+
+        :param key: the base URL and the API key.
+        """
+        clients = self.by_key.setdefault(key, [])
+        client = next((c for c in clients if self.users[c] < HOOKS_PER_CLIENT), None)
+        if client is None:
+            client = _new_client()
+            clients.append(client)
+            self.users[client] = 0
+            self.key_of[client] = key
+        self.users[client] += 1
+        return client
+
+    def release(self, client: httpx.AsyncClient) -> bool:
+        """Count a hook out of its client.
+
+        :param client: what :meth:`lease` returned.
+        :return: whether the client has no hook left and is dropped from the share (the caller closes it).
+        """
+        if client not in self.users:  # not leased here: nobody else uses it
+            return True
+        self.users[client] -= 1
+        if self.users[client] > 0:
+            return False
+        key = self.key_of.pop(client)
+        del self.users[client]
+        self.by_key[key].remove(client)
+        if not self.by_key[key]:
+            del self.by_key[key]
+        return True
+
+
+# A client is bound to the loop it was made in (dag.test() runs each deferral in a fresh loop), so
+# clients are shared per loop, and a loop's share goes away with the loop.
+_SHARES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedClients] = weakref.WeakKeyDictionary()
+_SHARES_LOCK = threading.Lock()
+
+
+def _new_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        headers=_HEADERS,
+        verify=_ssl_context(),
+        # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=IDLE_PER_CLIENT),
+    )
+
+
+def _loop_share() -> _SharedClients:
+    loop = asyncio.get_running_loop()
+    with _SHARES_LOCK:  # one share per loop, even when loops in several threads start together
+        share = _SHARES.get(loop)
+        if share is None:
+            share = _SHARES[loop] = _SharedClients()
+    return share
+
+
 class BananaAsyncHook(BaseHook):
     """
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
@@ -429,18 +514,14 @@ class BananaAsyncHook(BaseHook):
         conn = await self.aget_connection(self.banana_conn_id)
         self._settings = BananaSettings.from_connection(conn)
         await _amask(self._settings.api_key)
-        self._client = httpx.AsyncClient(
-            headers=_HEADERS,
-            verify=_ssl_context(),
-            # Long polls hold a connection each for up to 50 s: a pool limit would queue them.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
-        )
+        # Shared with up to HOOKS_PER_CLIENT other hooks of this loop and connection (see there why).
+        self._client = _loop_share().lease((self._settings.base_url, self._settings.api_key))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None and _loop_share().release(client):
+            await client.aclose()
 
     @property
     def settings(self) -> BananaSettings:

@@ -334,26 +334,27 @@ class BatchStore:
         :param plan: a fresh plan for the same inputs.
         """
         state = self._get(BATCH_STATE_KEY)
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or not plan.restore(state):
             return None
-        chunks = int(state.get("chunks", 0))
-        outputs: dict[int, list[Any]] = {}
-        for number in range(chunks):
-            chunk = self._get(BATCH_CHUNK_KEY.format(number)) or {}
-            outputs.update({int(index): value for index, value in chunk.items()})
-        if not plan.restore(state, outputs):
-            return None
-        self.chunks = chunks
+        self.chunks = int(state.get("chunks", 0))
         if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
             self.started_at = float(state["started_at"])
         return state
 
+    def outputs(self) -> dict[int, list[Any]]:
+        """Return every output persisted so far, by input index (read once, when the batch ends)."""
+        outputs: dict[int, list[Any]] = {}
+        for number in range(self.chunks):
+            chunk = self._get(BATCH_CHUNK_KEY.format(number)) or {}
+            outputs.update({int(index): value for index, value in chunk.items()})
+        return outputs
+
     def save(self, plan: BatchPlan, new_outputs: dict[int, list[Any]]) -> None:
         """
-        Persist the outputs that arrived since the last save, then the plan.
+        Persist the outputs that arrived since the last save, then the plan that counts them.
 
-        Outputs go first: a worker that dies between the two leaves outputs the plan still calls
-        running, which :meth:`BatchPlan.restore` counts as done.
+        Outputs go first: a worker that dies between the two leaves the plan calling those calls
+        running, and the next wave finds them finished again (a Check is free; a Start is not).
         """
         if new_outputs:
             self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
@@ -590,7 +591,7 @@ class BananaBatchInferenceOperator(BaseOperator):
                     "Banana batch item %d failed after its retries; its output is None: %s", index, message
                 )
         try:
-            return plan.result()
+            return plan.result(store.outputs())
         finally:
             if not (plan.failed and plan.stop_on_failure):
                 store.clear()
