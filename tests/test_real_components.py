@@ -1,17 +1,19 @@
 """
 End to end on real Airflow components: the trigger runs in a triggerer process, not in dag.test().
 
-A fresh Airflow home (SQLite, LocalExecutor) holds only ``example_banana_inference``. The
-api-server, scheduler, dag-processor and triggerer run as separate subprocesses, each writing its
-own log file, and the DAG is unpaused and triggered through the REST API against the local Banana
-server. They are started one by one rather than under ``airflow standalone``, which merges their
-output into one stream: separate logs show which process did what, and what each said last when
-something goes wrong.
+A fresh Airflow home (SQLite, LocalExecutor) holds ``example_banana_inference`` and the two kill
+scenarios of :data:`KILL_DAGS`. The api-server, scheduler, dag-processor and triggerer run as
+separate subprocesses, each writing its own log file, and the DAGs are unpaused, triggered and
+marked failed through the REST API against the local Banana server. They are started one by one
+rather than under ``airflow standalone``, which merges their output into one stream: separate logs
+show which process did what, and what each said last when something goes wrong. One start serves
+every test of the module (it is most of the runtime); each test triggers its own DAG.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -34,8 +36,9 @@ import pytest
 from airflow_provider_banana.devserver.testing import DevServer
 from tests.conftest import API_KEY, ROOT, connection_json
 
-# 50-70 s on two cores, ~100 s on the first run after install (every .pyc gets compiled). The
-# waits below fail sooner, with the logs; this only stops a hang that none of them covers.
+# The module takes 60-95 s on two cores, more on the first run after install (every .pyc gets
+# compiled); ~40 s of it is starting the components, which the first test pays for. The waits below fail sooner,
+# with the logs; this only stops a hang that none of them covers.
 pytestmark = pytest.mark.timeout(600)
 
 T = TypeVar("T")
@@ -45,6 +48,12 @@ DAG_ID = "example_banana_inference"
 STARTUP_TIMEOUT = 180.0
 #: Seconds the DAG run may take once triggered.
 RUN_TIMEOUT = 240.0
+#: Seconds a component may take to write an awaited line to a task or trigger log.
+LOG_TIMEOUT = 30.0
+#: Seconds from marking a task failed to its trigger or task process being gone: a triggerer loop
+#: (~1 s) for a trigger; a heartbeat (~1 s) plus the supervisor's 5 s from SIGTERM to SIGKILL for
+#: a worker.
+KILL_TIMEOUT = 60.0
 #: Seconds the server holds the trigger's first Check, as a model that runs a little longer would.
 #: Airflow 3.3.2 fails a resumed task if the worker's report that the deferring attempt exited
 #: arrives after the resumed attempt is already running (apache/airflow#72716, fix pending in
@@ -55,6 +64,31 @@ RESUME_RACE_DELAY = 4.0
 PROMPT_PREFIX = "Bananas ripen faster in a paper bag, run "
 # Our own api-server is on loopback, whatever proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+KILL_DEFERRED_DAG_ID = "banana_kill_deferred"
+KILL_WORKER_DAG_ID = "banana_kill_worker"
+#: Two DAGs of one call each that runs far longer than any test waits, so that only a kill ends
+#: the wait: one defers to the triggerer, the other waits in its worker. Written into the temp
+#: dags folder only, so the repo's example and test DAGs stay as they are.
+KILL_DAGS = f"""
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_banana.operators.banana import BananaInferenceOperator
+
+with DAG(dag_id="{KILL_DEFERRED_DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    BananaInferenceOperator(
+        task_id="infer", model_key="sleep", model_inputs={{"seconds": 120}}, deferrable=True, timeout=600
+    )
+
+with DAG(dag_id="{KILL_WORKER_DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+    BananaInferenceOperator(
+        task_id="infer", model_key="sleep", model_inputs={{"seconds": 120}}, deferrable=False, timeout=600
+    )
+"""
+DAG_IDS = (DAG_ID, KILL_DEFERRED_DAG_ID, KILL_WORKER_DAG_ID)
+TERMINAL_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
 def free_port() -> int:
@@ -114,6 +148,12 @@ def airflow_env(home: Path, api_port: int, banana_url: str) -> dict[str, str]:
         }
     )
     return env
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """Return the JSON records of a task or trigger log's complete lines (a last one may be half written)."""
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -237,8 +277,8 @@ class AirflowComponents:
         assert not survivors, f"processes survived SIGKILL: {survivors}"
 
     def logs_tail(self, lines: int = 30) -> str:
-        """Return the end of every component log and of every task and trigger log of the DAG."""
-        paths = sorted(self.log_dir.glob("*.log")) + sorted((self.home / "logs").glob(f"dag_id={DAG_ID}/**/*.log"))
+        """Return the end of every component log and of every task and trigger log."""
+        paths = sorted(self.log_dir.glob("*.log")) + sorted((self.home / "logs").glob("dag_id=*/**/*.log"))
         return "\n".join(f"===== {path.relative_to(self.home)}\n{tail(path, lines)}" for path in paths)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
@@ -286,6 +326,79 @@ class AirflowComponents:
                 pytest.fail(f"{what}: not within {timeout:.0f} s; last: {last!r}\n{self.logs_tail()}")
             time.sleep(interval)
 
+    def wait_for_log(self, path: Path, text: str, timeout: float = LOG_TIMEOUT) -> list[dict[str, Any]]:
+        """Wait until a complete line of a task or trigger log contains ``text``; return its JSON records.
+
+        The components write these logs line by line while they run, so the test reads them
+        without stopping anything.
+
+        :param path: the log file.
+        :param text: what a line must contain.
+        :param timeout: seconds to wait at most.
+        """
+
+        def probe() -> list[dict[str, Any]] | None:
+            text_now = path.read_bytes().decode(errors="replace")  # FileNotFoundError: "not yet"
+            return log_records(text_now) if text in text_now[: text_now.rfind("\n") + 1] else None
+
+        return self.wait_for(f"{text!r} in {path.name}", probe, timeout)
+
+    def trigger(self, dag_id: str) -> tuple[str, str]:
+        """Unpause and trigger a DAG; return the run id and the run's REST path."""
+        dag_path = f"api/v2/dags/{dag_id}"
+        self.api("PATCH", dag_path, {"is_paused": False})
+        run_id: str = self.api("POST", f"{dag_path}/dagRuns", {"logical_date": None})["dag_run_id"]
+        return run_id, f"{dag_path}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def wait_for_run_end(self, run_path: str, timeout: float = RUN_TIMEOUT) -> str:
+        """Wait until a DAG run succeeded or failed; return which."""
+
+        def finished_state() -> str | None:
+            state: str = self.api("GET", run_path)["state"]
+            return state if state in ("success", "failed") else None
+
+        return self.wait_for(f"{run_path} finished", finished_state, timeout)
+
+    def wait_for_task_state(self, ti_path: str, state: str, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
+        """Wait until a task instance is in ``state``; fail at once if it ends in another one.
+
+        :param ti_path: the task instance's REST path.
+        :param state: the awaited state, e.g. ``deferred``.
+        :param timeout: seconds to wait at most.
+        :return: the task instance.
+        """
+
+        def probe() -> dict[str, Any] | None:
+            ti: dict[str, Any] = self.api("GET", ti_path)
+            if ti["state"] != state and ti["state"] in TERMINAL_TASK_STATES:
+                pytest.fail(f"{ti_path} ended {ti['state']} while waiting for {state}\n{self.logs_tail()}")
+            return ti if ti["state"] == state else None
+
+        return self.wait_for(f"{ti_path} {state}", probe, timeout)
+
+    def triggerer_job_id(self) -> int:
+        """Return the id of the one triggerer job, which names the trigger log files."""
+        triggerers = self.api("GET", "api/v2/jobs?job_type=TriggererJob")["jobs"]
+        assert len(triggerers) == 1
+        job_id: int = triggerers[0]["id"]
+        return job_id
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str) -> Path:
+        """Return the log file of a task's first try."""
+        return self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}" / "attempt=1.log"
+
+    def trigger_log(self, dag_id: str, run_id: str, task_id: str) -> Path:
+        """Return the log file of the trigger a task's first try deferred to."""
+        # The triggerer writes it beside the task's log, named for the triggerer's job id.
+        return self.task_log(dag_id, run_id, task_id).with_name(f"attempt=1.log.trigger.{self.triggerer_job_id()}.log")
+
+
+def assert_no_secret(home: Path) -> None:
+    """Fail if the session's API key is in any file under ``home``."""
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
@@ -297,26 +410,45 @@ def _signal(process: psutil.Process, signum: signal.Signals) -> None:
         process.send_signal(signum)  # psutil refuses if the pid now names another process
 
 
-def processes_using(home: Path) -> list[psutil.Process]:
-    """Return the running processes whose environment names ``home`` as AIRFLOW_HOME."""
+def processes_titled(title: str) -> list[psutil.Process]:
+    """Return the running processes whose command line (or title set by setproctitle) contains ``title``."""
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get("AIRFLOW_HOME") == str(home):
+            if title in " ".join(process.cmdline()):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
     return found
 
 
-@pytest.fixture
-def components(tmp_path: Path, server: DevServer) -> Iterator[AirflowComponents]:
-    """Start api-server, scheduler, dag-processor and triggerer on a fresh home; stop them all after."""
-    home = tmp_path / "airflow-home"
+def processes_using(home: Path) -> list[psutil.Process]:
+    """Return the running processes whose environment names ``home`` as AIRFLOW_HOME, or that run in it."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            # A long setproctitle() title overwrites the memory /proc/PID/environ reads, so a
+            # LocalExecutor worker or task runner shows no AIRFLOW_HOME; its working directory
+            # is still the home every component starts in.
+            if process.environ().get("AIRFLOW_HOME") == str(home) or process.cwd() == str(home):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory: pytest.TempPathFactory, devserver: DevServer) -> Iterator[AirflowComponents]:
+    """Start api-server, scheduler, dag-processor and triggerer on a fresh home, ready for the DAGs; stop all after.
+
+    The home outlives each test; the logs it leaves are scanned for the API key at the end.
+    """
+    home = tmp_path_factory.mktemp("real-components") / "airflow-home"
     (home / "dags").mkdir(parents=True)
     shutil.copy(ROOT / "example_dags" / f"{DAG_ID}.py", home / "dags")
+    (home / "dags" / "banana_kill_scenarios.py").write_text(KILL_DAGS)
     api_port = free_port()
-    stack = AirflowComponents(home, airflow_env(home, api_port, server.url), f"http://127.0.0.1:{api_port}/")
+    stack = AirflowComponents(home, airflow_env(home, api_port, devserver.url), f"http://127.0.0.1:{api_port}/")
     stack.log_dir.mkdir()
     # The components wait for a migrated database but never create one.
     stack.run("db", "migrate")
@@ -326,6 +458,17 @@ def components(tmp_path: Path, server: DevServer) -> Iterator[AirflowComponents]
         stack.start("scheduler", "--skip-serve-logs")
         stack.start("dag-processor")
         stack.start("triggerer", "--skip-serve-logs")
+        for dag_id in DAG_IDS:
+            stack.wait_for(
+                f"{dag_id} parsed and served by the REST API",
+                functools.partial(stack.api, "GET", f"api/v2/dags/{dag_id}"),
+                STARTUP_TIMEOUT,
+            )
+        # The Execution API builds its versioned routes on its first request, which holds the
+        # api-server's event loop for 5-15 s here; a task's first call would time out (5 s) and
+        # retry behind it. (The all-admins token this request gets makes the api-server log one
+        # harmless "JWT reissue middleware failed" warning.)
+        assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
         yield stack
     finally:
         try:
@@ -336,30 +479,16 @@ def components(tmp_path: Path, server: DevServer) -> Iterator[AirflowComponents]
             for process in stragglers:
                 _signal(process, signal.SIGKILL)
             assert not stragglers, f"left running after stop: {stragglers}"
+    assert_no_secret(home)
 
 
 def test_deferrable_example_succeeds_with_the_trigger_in_the_triggerer(
     components: AirflowComponents, server: DevServer
 ) -> None:
     stack = components
-    dag_path = f"api/v2/dags/{DAG_ID}"
-    stack.wait_for("the DAG parsed and served by the REST API", lambda: stack.api("GET", dag_path), STARTUP_TIMEOUT)
-    # The Execution API builds its versioned routes on its first request, which holds the
-    # api-server's event loop for 5-15 s here; a task's first call would time out (5 s) and retry
-    # behind it. (The all-admins token this request gets makes the api-server log one harmless
-    # "JWT reissue middleware failed" warning.)
-    assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
-
     server.faults(delay_next={"count": 1, "endpoints": ["check"], "seconds": RESUME_RACE_DELAY})
-    stack.api("PATCH", dag_path, {"is_paused": False})
-    run_id: str = stack.api("POST", f"{dag_path}/dagRuns", {"logical_date": None})["dag_run_id"]
-    run_path = f"{dag_path}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-
-    def finished_state() -> str | None:
-        state: str = stack.api("GET", run_path)["state"]
-        return state if state in ("success", "failed") else None
-
-    state = stack.wait_for("the DAG run finished", finished_state, RUN_TIMEOUT)
+    run_id, run_path = stack.trigger(DAG_ID)
+    state = stack.wait_for_run_end(run_path)
     instances = stack.api("GET", f"{run_path}/taskInstances")["task_instances"]
     assert state == "success", f"{[(ti['task_id'], ti['state']) for ti in instances]}\n{stack.logs_tail()}"
 
@@ -379,24 +508,72 @@ def test_deferrable_example_succeeds_with_the_trigger_in_the_triggerer(
     assert stats["check_requests"] >= 1  # made by the trigger: a deferred worker sends no Check
     assert stats["faults_served"] == 1  # the delayed first Check
 
-    triggerers = stack.api("GET", "api/v2/jobs?job_type=TriggererJob")["jobs"]
-    assert len(triggerers) == 1
-
-    # Stop first, so that every log is flushed and closed before it is read.
-    stack.stop()
-    task_logs = stack.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
-    # The triggerer writes a trigger's log beside the task's, named for the triggerer's job id.
-    trigger_log = task_logs / "task_id=infer" / f"attempt=1.log.trigger.{triggerers[0]['id']}.log"
-    assert trigger_log.exists(), stack.logs_tail()
-    records = [json.loads(line) for line in trigger_log.read_text().splitlines() if line.startswith("{")]
+    # "trigger completed" is the trigger's last line.
+    records = stack.wait_for_log(stack.trigger_log(DAG_ID, run_id, "infer"), "trigger completed")
     fired = [record["result"] for record in records if record["event"] == "Trigger fired event"]
     assert len(fired) == 1
     assert call_id in fired[0]
     assert "'status': 'success'" in fired[0]
-    assert (
-        "Model outputs reached the downstream task" in (task_logs / "task_id=summarize" / "attempt=1.log").read_text()
-    )
+    stack.wait_for_log(stack.task_log(DAG_ID, run_id, "summarize"), "Model outputs reached the downstream task")
 
-    for path in stack.home.rglob("*"):
-        if path.is_file():
-            assert API_KEY.encode() not in path.read_bytes(), f"the API key leaked into {path}"
+    assert_no_secret(stack.home)
+
+
+def test_marking_a_deferred_task_failed_stops_its_trigger_with_on_kill(
+    components: AirflowComponents, server: DevServer
+) -> None:
+    stack = components
+    run_id, run_path = stack.trigger(KILL_DEFERRED_DAG_ID)
+    ti_path = f"{run_path}/taskInstances/infer"
+    stack.wait_for_task_state(ti_path, "deferred")
+    call_id = stack.api("GET", f"{ti_path}/xcomEntries/call_id")["value"]
+    trigger_log = stack.trigger_log(KILL_DEFERRED_DAG_ID, run_id, "infer")
+    # Running, not just assigned to the triggerer: a trigger dropped before it starts gets no on_kill.
+    stack.wait_for_log(trigger_log, ") starting")
+
+    # As the UI's "mark as failed" does.
+    marked = stack.api("PATCH", ti_path, {"new_state": "failed"})
+    assert [instance["state"] for instance in marked["task_instances"]] == ["failed"]
+    # The triggerer drops a trigger whose task is no longer deferred and, since the cancel came
+    # from a user's action, awaits its on_kill before "trigger completed".
+    records = stack.wait_for_log(trigger_log, "trigger completed", KILL_TIMEOUT)
+    events = [record["event"] for record in records]
+    assert "Trigger cancelled by user action, invoking on_kill" in events, events
+    assert [event for event in events if call_id in event and "cannot cancel" in event], events
+    assert "Trigger fired event" not in events
+
+    assert stack.wait_for_run_end(run_path) == "failed"
+    assert stack.api("GET", ti_path)["state"] == "failed"
+    assert server.stats()["starts_taken"] == 1
+
+
+def test_marking_a_running_task_failed_kills_its_worker_with_on_kill(
+    components: AirflowComponents, server: DevServer
+) -> None:
+    stack = components
+    run_id, run_path = stack.trigger(KILL_WORKER_DAG_ID)
+    ti_path = f"{run_path}/taskInstances/infer"
+    ti = stack.wait_for_task_state(ti_path, "running")
+    # The XCom is pushed just after the operator noted its call, so on_kill can name it.
+    xcom_path = f"{ti_path}/xcomEntries/call_id"
+    call_id = stack.wait_for("the call id in XCom", lambda: stack.api("GET", xcom_path), RUN_TIMEOUT)["value"]
+    stack.wait_for("the worker waiting on Check", lambda: server.stats()["check_requests"] >= 1, RUN_TIMEOUT)
+    # The task process names itself after its task instance (its supervisor's title has
+    # "LocalExecutor: " before the id).
+    title = f"airflow worker -- {ti['id']}"
+    assert processes_titled(title), f"no process titled {title!r}"
+
+    marked = stack.api("PATCH", ti_path, {"new_state": "failed"})
+    assert [instance["state"] for instance in marked["task_instances"]] == ["failed"]
+    # The supervisor's next heartbeat is refused (409), so it sends SIGTERM, whose handler in the
+    # task runner calls on_kill and returns: the task waits on until SIGKILL 5 s later. The
+    # supervisor logs "Task killed!" once the process is gone.
+    task_log = stack.task_log(KILL_WORKER_DAG_ID, run_id, "infer")
+    records = stack.wait_for_log(task_log, "Task killed!", KILL_TIMEOUT)
+    events = [record["event"] for record in records]
+    assert [event for event in events if call_id in event and "no cancel endpoint" in event], events
+    assert not processes_titled(title)
+
+    assert stack.wait_for_run_end(run_path) == "failed"
+    assert stack.api("GET", ti_path)["state"] == "failed"
+    assert server.stats()["starts_taken"] == 1
