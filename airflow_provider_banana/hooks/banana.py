@@ -59,6 +59,8 @@ from airflow_provider_banana.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from airflow.sdk import Connection
 
 _HEADERS = {
@@ -147,10 +149,6 @@ def _httpx_failure(error: httpx.TransportError) -> TransportFailure:
     return TransportFailure.OTHER
 
 
-def _resolve_model_key(model_key: str | None, settings: BananaSettings) -> str:
-    return validate_model_key(model_key or settings.model_key)
-
-
 def _connection_test_result(settings: BananaSettings, error: BaseException | None) -> tuple[bool, str]:
     where = settings.base_url
     if error is None or isinstance(error, BananaCallNotFoundError):
@@ -160,12 +158,11 @@ def _connection_test_result(settings: BananaSettings, error: BaseException | Non
     return False, f"Could not talk to Banana at {where}: {error}"
 
 
-class BananaHook(BaseHook):
+class _BananaHookBase(BaseHook):
     """
-    Run inference on a Banana-compatible API, synchronously.
+    What the sync and async hooks share: the connection, request bodies, retries, reply parsing.
 
-    The connection's password is the API key, its host the base URL (default
-    ``https://api.banana.dev/``), and its extra may hold a default ``model_key``.
+    No I/O here: the subclasses only send bytes (httpx's ``BaseClient`` pattern).
 
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
@@ -191,6 +188,48 @@ class BananaHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Return the connection form's layout (Airflow before 3.2 reads it from here)."""
         return connection_ui_behaviour()
+
+    @staticmethod
+    def _start_body(settings: BananaSettings, model_inputs: Any, model_key: str | None, start_only: bool) -> bytes:
+        inputs = validate_model_inputs(model_inputs)
+        key = validate_model_key(model_key or settings.model_key)
+        return settings.encode(build_start_body(settings.api_key, key, inputs, start_only=start_only))
+
+    @staticmethod
+    def _check_body(settings: BananaSettings, call_id: str, long_poll: bool) -> bytes:
+        return settings.encode(build_check_body(settings.api_key, call_id, long_poll=long_poll))
+
+    def _retrying_kwargs(self, endpoint: str, deadline: float | None) -> dict[str, Any]:
+        return self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        attempt, pause, reason = describe_retry(state)
+        self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
+
+    @staticmethod
+    def _reply(
+        settings: BananaSettings,
+        endpoint: str,
+        status_code: int,
+        content: bytes,
+        retry_after: str | None,
+        call_id: str | None,
+    ) -> BananaResult:
+        return parse_reply(
+            endpoint, status_code, content, retry_after=retry_after, call_id=call_id, secret=settings.api_key
+        )
+
+
+class BananaHook(_BananaHookBase):
+    """
+    Run inference on a Banana-compatible API, synchronously.
+
+    The connection's password is the API key, its host the base URL (default
+    ``https://api.banana.dev/``), and its extra may hold a default ``model_key``.
+
+    :param banana_conn_id: the Airflow connection to use.
+    :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
+    """
 
     @functools.cached_property
     def settings(self) -> BananaSettings:
@@ -237,11 +276,7 @@ class BananaHook(BaseHook):
         :raises BananaCallError: Banana reports the Start failed.
         :raises BananaTransportError: the exchange failed (see its ``request_sent``).
         """
-        inputs = validate_model_inputs(model_inputs)
-        settings = self.settings
-        body = build_start_body(
-            settings.api_key, _resolve_model_key(model_key, settings), inputs, start_only=start_only
-        )
+        body = self._start_body(self.settings, model_inputs, model_key, start_only)
         result = self._send(START, body, waits=not start_only)
         self.log.info(
             "Banana Start: call %s, %s (apiVersion %s)",
@@ -263,7 +298,7 @@ class BananaHook(BaseHook):
         :raises BananaTransportError: the exchange failed on every attempt.
         """
         call_id = validate_call_id(call_id)
-        body = build_check_body(self.settings.api_key, call_id, long_poll=long_poll)
+        body = self._check_body(self.settings, call_id, long_poll)
         return self._send(CHECK, body, waits=long_poll, call_id=call_id, deadline=deadline)
 
     def wait(
@@ -352,7 +387,7 @@ class BananaHook(BaseHook):
     def _send(
         self,
         endpoint: str,
-        body: dict[str, Any],
+        body: bytes,
         *,
         waits: bool,
         call_id: str | None = None,
@@ -360,32 +395,25 @@ class BananaHook(BaseHook):
     ) -> BananaResult:
         settings = self.settings
         url = settings.url(endpoint)
-        data = settings.encode(body)
-        retrying = tenacity.Retrying(
-            **self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
-        )
+        retrying = tenacity.Retrying(**self._retrying_kwargs(endpoint, deadline))
         for attempt in retrying:
             with attempt:
                 remaining = None if deadline is None else deadline - time.time()
                 timeout = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
                 try:
-                    response = self.session.post(url, data=data, timeout=timeout)
+                    response = self.session.post(url, data=body, timeout=timeout)
                 except requests.RequestException as e:
                     failure = _requests_failure(e)
                     raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
-                return parse_reply(
+                return self._reply(
+                    settings,
                     endpoint,
                     response.status_code,
                     response.content,
-                    retry_after=response.headers.get("Retry-After"),
-                    call_id=call_id,
-                    secret=settings.api_key,
+                    response.headers.get("Retry-After"),
+                    call_id,
                 )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        attempt, pause, reason = describe_retry(state)
-        self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
 
 
 @functools.cache
@@ -400,58 +428,81 @@ def _ssl_context() -> ssl.SSLContext:
 #: holds 10,000 triggers: httpcore's pool does work per open connection on every request and
 #: response (encode/httpx#3215), and each trigger holds a connection in a long poll, so one client
 #: for all of them is quadratic; a client per hook costs ~0.35 ms of CPU to build (it reads the
-#: proxy variables of the environment), a few KiB, and a new TCP connection per trigger. Small
-#: shards keep the pool's work small and let a new trigger reuse a connection an ended one left
-#: idle (figures in benchmarks/README.md).
+#: proxy variables of the environment) and a few KiB. Small shards keep the pool's work small and
+#: let a new trigger reuse a connection an ended one left idle (figures in benchmarks/README.md).
 HOOKS_PER_CLIENT = 16
-#: Idle connections a shared client keeps for the next hook. httpcore's pool rescans every
-#: connection once per idle one, and polls each idle socket, on every request: keep few.
-IDLE_PER_CLIENT = 4
 
 
 class _SharedClients:
     """The clients the hooks of one event loop share, per base URL and API key.
 
     Hooks of different connections never share a client, so nothing a server sets on a client
-    (cookies) crosses from one connection to another.
+    (cookies) crosses from one connection to another. Leasing and releasing are O(1).
     """
 
     def __init__(self) -> None:
-        self.by_key: dict[tuple[str, str], list[httpx.AsyncClient]] = {}
         self.users: dict[httpx.AsyncClient, int] = {}
         self.key_of: dict[httpx.AsyncClient, tuple[str, str]] = {}
+        # Per key, the clients with room for another hook (a dict as an ordered set).
+        self.roomy: dict[tuple[str, str], dict[httpx.AsyncClient, None]] = {}
+        self.lookups: dict[str, asyncio.Future[Connection]] = {}
+
+    async def connection(self, conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> Connection:
+        """Return a connection, joining a lookup of the same id already in flight on this loop.
+
+        A lookup costs ~0.5 ms of CPU (the environment-variable backend runs in a thread), and a
+        triggerer that restarts or takes over another's triggers starts thousands of hooks at once;
+        they all wait for one lookup. Nothing is cached: the next lookup after it ends is fresh.
+
+        :param conn_id: the Airflow connection id.
+        :param lookup: resolves a connection id (the hook's ``aget_connection``).
+        """
+        pending = self.lookups.get(conn_id)
+        if pending is None:
+            pending = asyncio.ensure_future(lookup(conn_id))
+            self.lookups[conn_id] = pending
+            pending.add_done_callback(functools.partial(self._lookup_done, conn_id))
+        # Shielded: one hook cancelled while it waits must not cancel the lookup for the others.
+        return await asyncio.shield(pending)
+
+    def _lookup_done(self, conn_id: str, future: asyncio.Future[Connection]) -> None:
+        if self.lookups.get(conn_id) is future:
+            del self.lookups[conn_id]
+        if not future.cancelled():
+            future.exception()  # retrieved: every waiter may have been cancelled meanwhile
 
     def lease(self, key: tuple[str, str]) -> httpx.AsyncClient:
         """Return a client with room for one more hook, opening one if none has; count the hook in.
 
         :param key: the base URL and the API key.
         """
-        clients = self.by_key.setdefault(key, [])
-        client = next((c for c in clients if self.users[c] < HOOKS_PER_CLIENT), None)
+        roomy = self.roomy.setdefault(key, {})
+        client = next(iter(roomy), None)
         if client is None:
             client = _new_client()
-            clients.append(client)
+            roomy[client] = None
             self.users[client] = 0
             self.key_of[client] = key
         self.users[client] += 1
+        if self.users[client] >= HOOKS_PER_CLIENT:
+            del roomy[client]
         return client
 
     def release(self, client: httpx.AsyncClient) -> bool:
         """Count a hook out of its client.
 
         :param client: what :meth:`lease` returned.
-        :return: whether the client has no hook left and is dropped from the share (the caller closes it).
+        :return: whether no hook uses the client any more and it left the share (the caller closes it).
         """
         if client not in self.users:  # not leased here: nobody else uses it
             return True
         self.users[client] -= 1
+        roomy = self.roomy[self.key_of[client]]
         if self.users[client] > 0:
+            roomy[client] = None
             return False
-        key = self.key_of.pop(client)
-        del self.users[client]
-        self.by_key[key].remove(client)
-        if not self.by_key[key]:
-            del self.by_key[key]
+        del self.users[client], self.key_of[client]
+        roomy.pop(client, None)
         return True
 
 
@@ -466,7 +517,10 @@ def _new_client() -> httpx.AsyncClient:
         headers=_HEADERS,
         verify=_ssl_context(),
         # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=IDLE_PER_CLIENT),
+        # httpcore closes an idle connection once the pool holds more connections than this (all of
+        # them, not the idle ones), so anything smaller than the hooks sharing the client would close
+        # a connection between two long polls of one hook, and every re-poll would reconnect.
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=HOOKS_PER_CLIENT),
     )
 
 
@@ -479,7 +533,7 @@ def _loop_share() -> _SharedClients:
     return share
 
 
-class BananaAsyncHook(BaseHook):
+class BananaAsyncHook(_BananaHookBase):
     """
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
 
@@ -492,30 +546,24 @@ class BananaAsyncHook(BaseHook):
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
     """
 
-    conn_name_attr = "banana_conn_id"
-    default_conn_name = "banana_default"
-    conn_type = "banana"
-    hook_name = "Banana"
-
     def __init__(
         self,
-        banana_conn_id: str = default_conn_name,
+        banana_conn_id: str = _BananaHookBase.default_conn_name,
         *,
         retry_policy: BananaRetryPolicy | None = None,
         logger_name: str | None = None,
     ) -> None:
-        super().__init__(logger_name=logger_name)
-        self.banana_conn_id = banana_conn_id
-        self.retry_policy = retry_policy or BananaRetryPolicy()
+        super().__init__(banana_conn_id, retry_policy=retry_policy, logger_name=logger_name)
         self._settings: BananaSettings | None = None
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> BananaAsyncHook:
-        conn = await self.aget_connection(self.banana_conn_id)
+        share = _loop_share()
+        conn = await share.connection(self.banana_conn_id, self.aget_connection)
         self._settings = BananaSettings.from_connection(conn)
         await _amask(self._settings.api_key)
         # Shared with up to HOOKS_PER_CLIENT other hooks of this loop and connection (see there why).
-        self._client = _loop_share().lease((self._settings.base_url, self._settings.api_key))
+        self._client = share.lease((self._settings.base_url, self._settings.api_key))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -539,11 +587,7 @@ class BananaAsyncHook(BaseHook):
         :param start_only: answer at once with the callID.
         :return: the result.
         """
-        inputs = validate_model_inputs(model_inputs)
-        settings = self.settings
-        body = build_start_body(
-            settings.api_key, _resolve_model_key(model_key, settings), inputs, start_only=start_only
-        )
+        body = self._start_body(self.settings, model_inputs, model_key, start_only)
         return await self._send(START, body, waits=not start_only)
 
     async def check(self, call_id: str, *, long_poll: bool = True, deadline: float | None = None) -> BananaResult:
@@ -556,7 +600,7 @@ class BananaAsyncHook(BaseHook):
         :return: the result, finished or running.
         """
         call_id = validate_call_id(call_id)
-        body = build_check_body(self.settings.api_key, call_id, long_poll=long_poll)
+        body = self._check_body(self.settings, call_id, long_poll)
         return await self._send(CHECK, body, waits=long_poll, call_id=call_id, deadline=deadline)
 
     async def wait(
@@ -699,7 +743,7 @@ class BananaAsyncHook(BaseHook):
     async def _send(
         self,
         endpoint: str,
-        body: dict[str, Any],
+        body: bytes,
         *,
         waits: bool,
         call_id: str | None = None,
@@ -710,34 +754,27 @@ class BananaAsyncHook(BaseHook):
         if client is None:
             raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
         url = settings.url(endpoint)
-        data = settings.encode(body)
-        retrying = tenacity.AsyncRetrying(
-            **self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
-        )
+        retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(endpoint, deadline))
         async for attempt in retrying:
             with attempt:
                 remaining = None if deadline is None else deadline - time.time()
                 connect, read = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
                 try:
                     response = await client.post(
-                        url, content=data, timeout=httpx.Timeout(read, connect=connect, pool=connect)
+                        url, content=body, timeout=httpx.Timeout(read, connect=connect, pool=connect)
                     )
                 except httpx.TransportError as e:
                     failure = _httpx_failure(e)
                     raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
-                return parse_reply(
+                return self._reply(
+                    settings,
                     endpoint,
                     response.status_code,
                     response.content,
-                    retry_after=response.headers.get("Retry-After"),
-                    call_id=call_id,
-                    secret=settings.api_key,
+                    response.headers.get("Retry-After"),
+                    call_id,
                 )
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        attempt, pause, reason = describe_retry(state)
-        self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
 
 
 def _mask(secret: str) -> None:
