@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import requests
 import tenacity
-import urllib3.exceptions
 from airflow.sdk import BaseHook
 
 from airflow_provider_banana import __version__, connection_ui_behaviour
@@ -61,6 +59,7 @@ from airflow_provider_banana.exceptions import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    import requests
     from airflow.sdk import Connection
 
 _HEADERS = {
@@ -118,6 +117,9 @@ class BananaSettings:
 
 
 def _requests_failure(error: requests.RequestException) -> TransportFailure:
+    import requests
+    import urllib3.exceptions
+
     # Order matters: ConnectTimeout is both a ConnectionError and a Timeout.
     if isinstance(error, requests.exceptions.ConnectTimeout):
         return TransportFailure.CONNECT_TIMEOUT
@@ -241,6 +243,10 @@ class BananaHook(_BananaHookBase):
     @functools.cached_property
     def session(self) -> requests.Session:
         """Return the hook's keep-alive HTTP session."""
+        # Imported here, not at the top: every DAG file that imports the operator pays for the
+        # module's imports at each parse, and requests with urllib3 costs ~150 ms (benchmarks/).
+        import requests
+
         session = requests.Session()
         session.headers.update(_HEADERS)
         return session
@@ -393,6 +399,8 @@ class BananaHook(_BananaHookBase):
         call_id: str | None = None,
         deadline: float | None = None,
     ) -> BananaResult:
+        import requests  # see ``session``: kept off the module's import path
+
         settings = self.settings
         url = settings.url(endpoint)
         retrying = tenacity.Retrying(**self._retrying_kwargs(endpoint, deadline))
