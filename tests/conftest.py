@@ -43,6 +43,19 @@ import pytest  # noqa: E402
 
 from airflow_provider_banana.devserver.testing import DevServer  # noqa: E402
 
+
+def _airflow_version() -> tuple[int, ...]:
+    from importlib.metadata import version
+
+    return tuple(int(part) for part in version("apache-airflow-core").split(".")[:2])
+
+
+#: Durable calls and batches reattach across tries through task_state_store, new in Airflow 3.3;
+#: before it a retried task starts afresh by design (README, Compatibility).
+requires_task_state_store = pytest.mark.skipif(
+    _airflow_version() < (3, 3), reason="task_state_store (durable calls) arrived in Airflow 3.3"
+)
+
 #: A fresh random API key per test session; tests scan outputs for it.
 API_KEY = "sk-test-" + uuid.uuid4().hex
 #: Server holds used by the shared test server: short, so that a held request costs little.

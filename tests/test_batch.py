@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_banana.batch import BananaBatchError, BatchPlan, Wave, hand_back_now
 from airflow_provider_banana.devserver.testing import DevServer
+from tests.conftest import requires_task_state_store
 from tests.dags import banana_test_dags as scenarios
 from tests.test_dags import states, xcom
 from tests.test_durable import try_numbers
@@ -154,6 +155,7 @@ class TestBatchDags:
     @pytest.mark.parametrize(
         "dag", [scenarios.batch_retry, scenarios.batch_retry_blocking], ids=["deferrable", "blocking"]
     )
+    @requires_task_state_store
     def test_task_retry_mid_batch_starts_nothing_twice(self, dag: Any, server: DevServer) -> None:
         # The first wait fails (a 503 with max_attempts=1) after 10 calls were started.
         server.faults(fail_next={"count": 1, "status": 503, "endpoints": ["check"]})

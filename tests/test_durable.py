@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
+from tests.conftest import requires_task_state_store
 from tests.dags import banana_test_dags as scenarios
 from tests.test_dags import states, xcom
 
@@ -31,6 +32,7 @@ def try_numbers(run: Any) -> dict[str, int]:
     ],
     ids=["deferred-timeout", "blocking-timeout", "deferred-503", "blocking-dropped", "execution-timeout"],
 )
+@requires_task_state_store
 def test_retry_reattaches_to_the_same_call(dag: Any, fault: dict | None, server: DevServer) -> None:
     if fault:
         server.faults(**fault)
