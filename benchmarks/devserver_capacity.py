@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/devserver_capacity.py [--n 1000] [--clients httpx,httpx-no-keepalive,raw] [--burst 2000]
 
+(``bash scripts/bench.sh`` runs it with the raw client, as part of the suite.)
+
 Starts a devserver subprocess on 127.0.0.1 and, from this process, once per client:
 
 1. fires a burst of ``startOnly`` Starts and then of plain Checks, and reports
@@ -36,7 +38,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -46,49 +47,11 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit to the hard limit and return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def proc_status(pid: int, field: str) -> str:
-    """Read one field of /proc/<pid>/status, e.g. ``VmHWM``.
-
-    :param pid: the process.
-    :param field: the field name.
-    """
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return line.split(":", 1)[1].strip()
-    return "?"
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return the user plus system CPU time a process has used.
-
-    :param pid: the process.
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Return the q-th percentile (0..100) by nearest rank.
-
-    :param values: the sample.
-    :param q: the percentile.
-    """
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
+from benchmarks.common import RawPoster, cpu_seconds, percentile, print_table, proc_status_kib, raise_fd_limit
 
 
 def ms(seconds: float) -> str:
@@ -153,59 +116,6 @@ class HttpxPoster:
         response.raise_for_status()
         reply: dict[str, Any] = response.json()
         return reply
-
-
-class RawPoster:
-    """Send requests over bare asyncio streams: HTTP/1.1 keep-alive, O(1) work per request.
-
-    httpcore's pool rescans every connection on each request and response
-    (quadratic in the number of open connections: encode/httpx#3215,
-    encode/httpcore#1035), so with thousands of connections a single
-    ``httpx.AsyncClient`` measures itself. This client measures the server.
-
-    :param host: server address.
-    :param port: server port.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.name = "raw"
-        self._host = host
-        self._port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a JSON body on an idle or new connection and return the JSON reply.
-
-        :param path: ``start/v4/`` or ``check/v4/``.
-        :param body: the request body.
-        """
-        conn = self._idle.pop() if self._idle else await asyncio.open_connection(self._host, self._port)
-        reader, writer = conn
-        try:
-            data = json.dumps(body).encode()
-            writer.write(
-                b"POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                % (path.encode(), self._host.encode(), len(data))
-                + data
-            )
-            head = await reader.readuntil(b"\r\n\r\n")
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            if status_line.split()[1] != "200":
-                raise RuntimeError(f"HTTP error: {status_line}")
-            headers = dict(line.split(":", 1) for line in header_lines if ":" in line)
-            length = int(next(v for k, v in headers.items() if k.lower() == "content-length"))
-            reply: dict[str, Any] = json.loads(await reader.readexactly(length))
-        except BaseException:
-            writer.close()
-            raise
-        self._idle.append(conn)
-        return reply
-
-    async def aclose(self) -> None:
-        """Close every idle connection."""
-        for _, writer in self._idle:
-            writer.close()
-        self._idle.clear()
 
 
 Poster = HttpxPoster | RawPoster
@@ -364,7 +274,7 @@ async def run(srv: DevServer, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, srv: DevServer, results: dict[str, Any], fd_limit: int) -> None:
-    """Print the results as a compact table, one column per client.
+    """Print the results as a Markdown table, one column per client.
 
     :param args: the command line.
     :param srv: the server.
@@ -391,7 +301,6 @@ def report(args: argparse.Namespace, srv: DevServer, results: dict[str, Any], fd
             cells(lambda lp, tp: "not in time" if lp["setup_used"] is None else f"{lp['setup_used']:.1f} s"),
         ),
         ("wake-up delay p50 / p99 / max", cells(lambda lp, tp: delays(lp))),
-        ("finish to last answer", cells(lambda lp, tp: ms(max(lp["delays"])) if lp["delays"] else "-")),
         ("server CPU, holds + N wake-ups", cells(lambda lp, tp: f"{lp['cpu']:.2f} s")),
         (
             f"Start burst req/s ({args.burst}, {args.concurrency} in flight)",
@@ -402,23 +311,21 @@ def report(args: argparse.Namespace, srv: DevServer, results: dict[str, Any], fd
         ("  server CPU per Check", cells(lambda lp, tp: f"{tp['check_cpu_us']:.0f} µs")),
     ]
     short = results["short"]
-    width = max(len(name) for name, _ in rows)
-    col = max(24, *(len(c) for _, row in rows for c in row))
-    print(
-        f"\nBanana devserver capacity: N={args.n}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"open-file limit {fd_limit}, httpx {httpx.__version__}"
+    rows.append(
+        (
+            "baseline: 1 s short poll, delay p50 / max",
+            [f"{ms(statistics.median(short))} / {ms(max(short))} ({len(short)} calls)"] + [""] * (len(clients) - 1),
+        )
     )
-    header = "".join(f"  {name + ' client':<{col}}" for name in clients)
-    print(f"{'':<{width}}{header}")
-    print("-" * (width + (col + 2) * len(clients)))
-    for name, row in rows:
-        print(f"{name:<{width}}" + "".join(f"  {c:<{col}}" for c in row))
-    print("-" * (width + (col + 2) * len(clients)))
-    print(
-        f"{'baseline: 1 s short poll, p50 / max':<{width}}  {ms(statistics.median(short))} / {ms(max(short))}"
-        f"  ({len(short)} calls, delay after the finish)"
+    rows.append(
+        ("server peak RSS (VmHWM)", [f"{proc_status_kib(srv.pid, 'VmHWM') / 1024:.0f} MiB"] + [""] * (len(clients) - 1))
     )
-    print(f"{'server peak RSS (VmHWM)':<{width}}  {proc_status(srv.pid, 'VmHWM')}")
+    print_table(
+        f"Local server capacity: N={args.n:,} long polls, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"open-file limit {fd_limit}, httpx {httpx.__version__}",
+        ["", *(f"{name} client" for name in clients)],
+        [[name, *row] for name, row in rows],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(CLIENTS),
         help=f"comma-separated clients to measure with, of {', '.join(CLIENTS)} (default: %(default)s)",
     )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
     args.clients = {name.strip() for name in args.clients.split(",") if name.strip()}
     if not args.clients or not args.clients <= set(CLIENTS):
@@ -461,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as srv:
         results = asyncio.run(run(srv, args))
         report(args, srv, results, fd_limit)
+        if args.json:
+            results["server_peak_rss_kib"] = proc_status_kib(srv.pid, "VmHWM")
+            args.json.write_text(json.dumps(results, indent=1))
         if "error" in srv.log_text().lower():
             print("\nserver log has errors:\n" + srv.log_text()[-3000:])
     ok = all(results[name]["long"]["success"] == args.n for name in args.clients)

@@ -546,9 +546,10 @@ class BananaAsyncHook(_BananaHookBase):
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
 
     Use it as ``async with BananaAsyncHook(conn_id) as hook:``: entering resolves the connection
-    without blocking the loop and opens one ``httpx.AsyncClient`` for the hook's life, closed on exit.
-    A client is bound to the loop it was made in, and ``dag.test()`` runs each deferral in a fresh
-    loop, so clients are never kept at module level.
+    without blocking the loop and leases an ``httpx.AsyncClient`` shared with up to
+    ``HOOKS_PER_CLIENT`` other hooks of the same event loop and connection; exiting returns it, and
+    the last user closes it. A client is bound to the loop it was made in, and ``dag.test()`` runs
+    each deferral in a fresh loop, so clients are never kept past their loop.
 
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).

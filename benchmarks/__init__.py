@@ -1,0 +1,1 @@
+"""Benchmarks of the provider and its local server; run them with ``bash scripts/bench.sh``."""

@@ -1,0 +1,126 @@
+"""Run the whole benchmark suite, one part after the other, and print every table.
+
+Usage (``bash scripts/bench.sh`` sets up the environment and runs this)::
+
+    python -m benchmarks [--full] [--only capacity,hook,import,server] [--json results.json]
+
+Parts, in order:
+
+1. ``capacity``: :mod:`benchmarks.triggerer_capacity`, N concurrent ``BananaCallTrigger``s on one
+   event loop against the naive polling baselines (N = 100 and 1,000; ``--full`` adds 10,000);
+2. ``hook``: :mod:`benchmarks.hook_vs_sdk`, ``BananaHook.run`` against the ``banana-dev`` 4.0.2 SDK;
+3. ``import``: :mod:`benchmarks.import_cost`, the operator module's import time;
+4. ``server``: :mod:`benchmarks.devserver_capacity` with the raw client, the local server's own
+   long-poll capacity and Start/Check throughput (N = 1,000; ``--full``: 10,000).
+
+Parts run one at a time, so that none measures the machine while another loads it; the load
+average is printed before and after each, since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import devserver_capacity, hook_vs_sdk, import_cost, triggerer_capacity
+from benchmarks.common import load_average, machine, raise_fd_limit
+
+PARTS = ("capacity", "hook", "import", "server")
+
+#: (kind, N) of the default run: each baseline where it is not saturated and at 1,000, and the
+#: provider's trigger before (a client per hook) and after (shared clients) at 1,000.
+DEFAULT_CAPACITY = (
+    ("banana", 100),
+    ("banana", 1000),
+    ("banana-client-per-hook", 1000),
+    ("naive-5", 100),
+    ("naive-5", 1000),
+    ("naive-60", 1000),
+)
+FULL_CAPACITY = (
+    *DEFAULT_CAPACITY,
+    ("banana", 10000),
+    ("banana-client-per-hook", 10000),
+    ("naive-5", 10000),
+    ("naive-60", 10000),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the parts asked for and print their tables.
+
+    :param argv: command-line arguments.
+    :return: 0 when every call of every part completed, else 1.
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="add the N=10,000 measurements (about 15 minutes more)")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: %(default)s)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        help="seconds the calls' finishes are spread over (default: 40, and 100 for N=10,000)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    parts = [part for part in args.only.split(",") if part]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    raise_fd_limit()
+    began = time.time()
+    info = machine()
+    print(
+        f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB, Linux {info['kernel']}, "
+        f"Python {info['python']}, open-file limit {info['fd_limit']}; load average {info['load_average']}",
+        flush=True,
+    )
+    results: dict[str, Any] = {"machine": info}
+    ok = True
+    for part in parts:
+        load_before = load_average()
+        part_began = time.time()
+        print(f"\n== {part} (load average {load_before})", file=sys.stderr, flush=True)
+        if part == "capacity":
+            runs = []
+            for kind, n in FULL_CAPACITY if args.full else DEFAULT_CAPACITY:
+                print(f"measuring {kind} with N={n:,} ...", file=sys.stderr, flush=True)
+                window = args.window or (100.0 if n >= 10000 else 40.0)
+                runs.append(triggerer_capacity.measure(kind, n, window))
+            triggerer_capacity.report(runs)
+            ok &= all(r["completed"] == r["n"] for r in runs)
+            results[part] = runs
+        elif part == "hook":
+            calls = hook_vs_sdk.measure(list(hook_vs_sdk.CLIENTS), quick=300, long=20)
+            hook_vs_sdk.report(calls)
+            ok &= all(r["completed"] == r["count"] for r in calls)
+            results[part] = calls
+        elif part == "import":
+            imports = import_cost.measure(repeat=5)
+            import_cost.report(imports)
+            results[part] = imports
+        else:
+            n = 10000 if args.full else 1000
+            with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
+                server_json = Path(tmp) / "server.json"
+                code = devserver_capacity.main(["--n", str(n), "--clients", "raw", "--json", str(server_json)])
+                ok &= code == 0
+                results[part] = json.loads(server_json.read_text()) if server_json.exists() else None
+        print(
+            f"({part}: {time.time() - part_began:.0f} s; load average before {load_before}, after {load_average()})",
+            flush=True,
+        )
+    print(f"\nWhole run: {(time.time() - began) / 60:.1f} min; load average at the end {load_average()}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

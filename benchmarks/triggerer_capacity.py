@@ -1,0 +1,430 @@
+"""Measure how many Banana calls one triggerer event loop holds, how fast it notices each finish, and the cost.
+
+Usage::
+
+    python -m benchmarks.triggerer_capacity [--n 100,1000] [--kinds banana,naive-5,naive-60] [--window 60]
+
+For each kind of trigger and each N, on a fresh local server (a subprocess on 127.0.0.1, the
+``sleep`` model, the server's real 50 s check hold and N replicas so no call queues):
+
+1. a child process, standing in for the triggerer, imports Airflow and the provider and runs
+   one warm-up trigger to the end (so lazy imports are paid before anything is measured),
+   then says it is ready;
+2. this process starts N calls (``startOnly``) whose ``until`` inputs finish them at staggered
+   instants: spread evenly over ``--window`` seconds, the first one ``lead`` seconds after the
+   triggers are handed over (time enough to build them all and open their first Checks);
+3. the child builds N triggers, one per call, the way Airflow's triggerer does (one task each,
+   yielding to the loop between two), iterates each ``run()`` on its one event loop until the
+   first event, and reports:
+
+   - how many events said ``success``;
+   - memory per trigger: the child's peak RSS (``VmHWM``, reset just before the triggers are
+     built) minus its RSS at that moment, divided by N; kernel socket buffers are not in it;
+   - CPU per call: the child's ``time.process_time()`` over the run, and the server's user+system
+     time from ``/proc/<pid>/stat``, each divided by N;
+   - Check requests per call: the server's ``check_requests`` counter over the run, divided by N;
+   - detection delay: the time the event was yielded minus the call's ``until`` (the instant the
+     server's model finished it), at p50, p99 and max.
+
+Kinds: ``banana`` is :class:`~airflow_provider_banana.triggers.banana.BananaCallTrigger`;
+``naive-5`` and ``naive-60`` are :class:`benchmarks.naive_trigger.NaivePollTrigger` at a 5 s
+and a 60 s poll interval (a new client per Check, no long poll), the baselines.
+
+Every request goes to 127.0.0.1; every loop is bounded and the run ends by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    ROOT,
+    cpu_seconds,
+    fmt_ratio,
+    fmt_seconds,
+    print_table,
+    proc_status_kib,
+    raise_fd_limit,
+    reset_peak_rss,
+    start_sleep_calls,
+    summarize,
+)
+
+#: The server's long-poll hold: the devserver's default and Banana's own, on both sides.
+CHECK_HOLD = 50.0
+#: Trigger kinds, in table order. ``banana-client-per-hook`` is the provider as it was before hooks
+#: shared clients (``HOOKS_PER_CLIENT = 1``: every trigger builds and closes its own client).
+KINDS = ("banana", "banana-client-per-hook", "naive-5", "naive-60")
+_POLL_INTERVALS = {"naive-5": 5.0, "naive-60": 60.0}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def lead_seconds(n: int) -> float:
+    """Return the seconds from handing N calls to the child to the first call's finish.
+
+    Long enough for the child to build N triggers and open their first Checks on a shared 2-core
+    machine (a trigger's set-up costs 3-5 ms of CPU; 10,000 took 50 s under load), with margin,
+    so that the finishes measure detection rather than set-up.
+
+    :param n: the number of triggers.
+    """
+    return 5.0 + n * 0.01
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The child: one event loop holding N triggers, as a triggerer does.
+
+
+def _admin_stats(url: str) -> dict[str, Any]:
+    with _OPENER.open(url + "_admin/stats", timeout=30) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+    return stats
+
+
+def _make_trigger(kind: str, call_id: str, now: float) -> Any:
+    if kind.startswith("banana"):
+        from airflow_provider_banana.triggers.banana import BananaCallTrigger
+
+        return BananaCallTrigger(call_id, "banana_default", deadline=now + 3600, started_at=now)
+    from benchmarks.naive_trigger import NaivePollTrigger
+
+    return NaivePollTrigger(call_id, "banana_default", deadline=now + 3600, poll_interval=_POLL_INTERVALS[kind])
+
+
+async def _first_event(trigger: Any) -> tuple[float, str, str]:
+    # The triggerer stops iterating a trigger after its first event; so does this.
+    events = trigger.run()
+    try:
+        event = await events.__anext__()
+    finally:
+        await events.aclose()
+    return time.time(), str(event.payload.get("status")), str(event.payload.get("message"))
+
+
+async def _hold_all(kind: str, calls: Sequence[tuple[str, float]], url: str, server_pid: int) -> dict[str, Any]:
+    n = len(calls)
+    first_finish = min(until for _, until in calls)
+    gc.collect()
+    rss_before = proc_status_kib("self", "VmRSS")
+    peak_reset = reset_peak_rss()
+    gc_seconds = [0.0, 0.0]  # all collections, and full (generation 2) ones
+    gc_began = [0.0]
+
+    def time_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_began[0] = time.process_time()
+            return
+        spent = time.process_time() - gc_began[0]
+        gc_seconds[0] += spent
+        if info["generation"] == 2:
+            gc_seconds[1] += spent
+
+    gc.callbacks.append(time_gc)
+    stats_before = _admin_stats(url)
+    server_cpu_before = cpu_seconds(server_pid)
+    cpu_before = time.process_time()
+    began = time.time()
+    loop = asyncio.get_running_loop()
+    rss_all_held: list[int] = []
+    # Every trigger is built and running by now, and none has finished: the loop holds all N.
+    loop.call_at(
+        loop.time() + (first_finish - 0.2 - time.time()), lambda: rss_all_held.append(proc_status_kib("self", "VmRSS"))
+    )
+
+    tasks = []
+    for call_id, _ in calls:
+        tasks.append(asyncio.create_task(_first_event(_make_trigger(kind, call_id, time.time()))))
+        await asyncio.sleep(0)  # Airflow's triggerer yields to the loop between two new triggers
+    built = time.time()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = time.process_time() - cpu_before
+    gc.callbacks.remove(time_gc)
+    server_cpu = cpu_seconds(server_pid) - server_cpu_before
+    rss_peak = proc_status_kib("self", "VmHWM")
+    stats_after = _admin_stats(url)
+    delays = []
+    problems: list[str] = []
+    statuses: dict[str, int] = {}
+    for outcome, (_, until) in zip(outcomes, calls, strict=True):
+        if isinstance(outcome, BaseException):
+            statuses[type(outcome).__name__] = statuses.get(type(outcome).__name__, 0) + 1
+            continue
+        at, status, message = outcome
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == "success":
+            delays.append(at - until)
+        elif len(problems) < 5:
+            problems.append(message[:300])
+    return {
+        "kind": kind,
+        "n": n,
+        "completed": statuses.get("success", 0),
+        "statuses": statuses,
+        "problems": problems,
+        "build_seconds": built - began,
+        "wall_seconds": time.time() - began,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": rss_peak if peak_reset else None,
+        "rss_all_held_kib": rss_all_held[0] if rss_all_held else None,
+        "cpu_seconds": cpu,
+        "gc_cpu_seconds": gc_seconds[0],
+        "gc_full_cpu_seconds": gc_seconds[1],
+        "server_cpu_seconds": server_cpu,
+        "check_requests": stats_after["check_requests"] - stats_before["check_requests"],
+        "delays": summarize(delays),
+    }
+
+
+def child_main(answer_fd: int) -> int:
+    """Run one measurement as the triggerer: read the plan from stdin, answer on ``answer_fd``.
+
+    :param answer_fd: the pipe to write ``READY`` and then the result (JSON) to.
+    """
+    answers = os.fdopen(answer_fd, "w")
+    raise_fd_limit()
+    config = json.loads(sys.stdin.readline())
+    # The trigger logs status changes at INFO, as in a triggerer; Airflow sends them to stdout, a file.
+    # Import everything up front and run one trigger to the end: lazy imports and one-time set-up
+    # (the shared SSL context, the secrets backends) are paid before the baseline is taken.
+    from airflow_provider_banana.triggers.banana import BananaCallTrigger  # noqa: F401
+    from benchmarks.naive_trigger import NaivePollTrigger  # noqa: F401
+
+    if config["kind"] == "banana-client-per-hook":
+        from airflow_provider_banana.hooks import banana as hooks
+
+        hooks.HOOKS_PER_CLIENT = 1
+
+    async def warm_up() -> None:
+        await _first_event(_make_trigger(config["kind"], config["warm_up_call"], time.time()))
+
+    asyncio.run(warm_up())
+    print("READY", file=answers, flush=True)
+    plan = json.loads(sys.stdin.readline())
+    calls = [(call_id, until) for call_id, until in plan["calls"]]
+    result = asyncio.run(_hold_all(config["kind"], calls, config["url"], config["server_pid"]))
+    print(json.dumps(result), file=answers, flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The parent: a server, the calls, and a child per measurement.
+
+
+def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any]:
+    """Run one measurement: N triggers of one kind against a fresh server.
+
+    :param kind: one of :data:`KINDS`.
+    :param n: concurrent triggers (and calls).
+    :param window: seconds over which the calls' finishes are spread.
+    :param seed: shuffles which trigger gets which finish time.
+    :return: the child's figures, plus the server's view (long polls held).
+    """
+    from airflow_provider_banana.devserver.testing import DevServer
+
+    lead = lead_seconds(n)
+    interval = _POLL_INTERVALS.get(kind, 0.0)
+    limit = 120 + lead + window + interval + CHECK_HOLD
+    with (
+        DevServer(start_hold=2, check_hold=CHECK_HOLD, replicas=n + 8, log_level="warning", startup_timeout=60) as srv,
+        tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp,
+    ):
+        warm_up_call = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, [time.time()]))[0]
+        conn = {"conn_type": "banana", "host": srv.url, "password": "bench-api-key", "extra": {"model_key": "sleep"}}
+        env = {
+            **os.environ,
+            "AIRFLOW_CONN_BANANA_DEFAULT": json.dumps(conn),
+            "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "PYTHONPATH": str(ROOT),
+        }
+        log_path = Path(tmp) / "child.log"
+        # Airflow's logging writes to stdout, so the child answers on a pipe of its own.
+        answer_read, answer_write = os.pipe()
+        with open(log_path, "wb") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.triggerer_capacity", "--child", "--answer-fd", str(answer_write)],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                pass_fds=(answer_write,),
+            )
+        os.close(answer_write)
+        answers = os.fdopen(answer_read, "rb")
+        # Bounded: whatever happens, the child is gone after `limit` seconds.
+        watchdog = threading.Timer(limit, child.kill)
+        watchdog.start()
+        try:
+            assert child.stdin is not None
+            config = {"kind": kind, "url": srv.url, "server_pid": srv.pid, "warm_up_call": warm_up_call}
+            child.stdin.write((json.dumps(config) + "\n").encode())
+            child.stdin.flush()
+            ready = answers.readline()
+            if ready.strip() != b"READY":
+                raise RuntimeError(f"the child did not start ({ready!r}):\n{log_path.read_text()[-3000:]}")
+            # The Starts below take about 1 ms each on this machine; the lead counts from their end.
+            first_finish = time.time() + 2.0 + n / 1000 + lead
+            untils = [first_finish + window * i / max(n - 1, 1) for i in range(n)]
+            random.Random(seed).shuffle(untils)
+            call_ids = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, untils))
+            if time.time() > first_finish - lead / 2:
+                raise RuntimeError("starting the calls took longer than planned; raise the start allowance")
+            child.stdin.write((json.dumps({"calls": list(zip(call_ids, untils, strict=True))}) + "\n").encode())
+            child.stdin.flush()
+            handed_over = time.time()
+            held = _watch_server(srv, child, first_finish)
+            line = answers.readline()
+            child.wait()
+        finally:
+            answers.close()
+            watchdog.cancel()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if not line:
+            raise RuntimeError(f"the child died:\n{log_path.read_text()[-3000:]}")
+        result: dict[str, Any] = json.loads(line)
+        result.update(held)
+        result["lead_seconds"] = first_finish - handed_over
+        result["window_seconds"] = window
+        result["server_peak_rss_kib"] = None
+        result["log_errors"] = sum("Traceback" in line for line in log_path.read_text(errors="replace").splitlines())
+        return result
+
+
+def _watch_server(srv: Any, child: subprocess.Popen[bytes], first_finish: float) -> dict[str, Any]:
+    """Poll the server's stats until the first call finishes: long polls held, and when all were.
+
+    Once a second, and not after the first finish, so that the server's CPU per call counts the
+    triggers' requests rather than these.
+
+    :param srv: the DevServer.
+    :param child: the child process.
+    :param first_finish: when the first call finishes.
+    """
+    began = time.time()
+    peak = 0
+    at_first_finish: int | None = None
+    all_held_after: float | None = None
+    target = None
+    while child.poll() is None and at_first_finish is None:
+        try:
+            stats = srv.stats()
+        except Exception:  # the server is busy; the next poll will do
+            stats = None
+        if stats is not None:
+            open_now = stats["long_polls_open"]
+            peak = max(peak, open_now)
+            if target is None:
+                target = stats.get("calls_kept", 0)
+            if all_held_after is None and target and open_now >= target - 1:
+                all_held_after = time.time() - began
+            if time.time() >= first_finish - 0.5:
+                at_first_finish = open_now
+        time.sleep(max(0.0, min(1.0, first_finish - 0.5 - time.time())))
+    return {
+        "long_polls_peak": peak,
+        "long_polls_at_first_finish": at_first_finish,
+        "all_held_after_seconds": all_held_after,
+    }
+
+
+def report(results: Sequence[dict[str, Any]]) -> None:
+    """Print the results, one row per measurement, with ratios to the 5 s baseline of the same N.
+
+    :param results: what :func:`measure` returned.
+    """
+    baseline = {r["n"]: r for r in results if r["kind"] == "naive-5"}
+    rows = []
+    for r in results:
+        n = r["n"]
+        d = r["delays"]
+        mem = (r["rss_peak_kib"] - r["rss_before_kib"]) / n if r["rss_peak_kib"] else float("nan")
+        base = baseline.get(n)
+        req = r["check_requests"] / n
+        rows.append(
+            [
+                r["kind"],
+                f"{n:,}",
+                f"{r['completed']:,}",
+                f"{mem:.1f} KiB",
+                f"{r['cpu_seconds'] / n * 1e3:.2f} ms ({r['gc_cpu_seconds'] / max(r['cpu_seconds'], 1e-9):.0%} GC)",
+                f"{r['server_cpu_seconds'] / n * 1e3:.2f} ms",
+                f"{req:.2f}",
+                fmt_ratio(base["check_requests"] / n, req) if base else "-",
+                f"{fmt_seconds(d['p50'])} / {fmt_seconds(d['p99'])} / {fmt_seconds(d['max'])}",
+                f"{r['long_polls_at_first_finish'] if r['long_polls_at_first_finish'] is not None else '-'}",
+                f"{r['lead_seconds']:.0f}-{r['lead_seconds'] + r['window_seconds']:.0f} s",
+                f"{r['wall_seconds']:.0f} s",
+            ]
+        )
+    print_table(
+        "Triggerer capacity: N triggers on one event loop",
+        [
+            "trigger",
+            "N",
+            "completed",
+            "peak mem / trigger",
+            "CPU / call (triggerer)",
+            "CPU / call (server)",
+            "Checks / call",
+            "fewer Checks than naive-5",
+            "detection p50 / p99 / max",
+            "long polls held at 1st finish",
+            "calls ran",
+            "wall",
+        ],
+        rows,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the measurements named on the command line and print the table.
+
+    :param argv: command-line arguments.
+    :return: 0 when every call completed in every measurement, else 1.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--answer-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--n", default="100,1000", help="comma-separated trigger counts (default: %(default)s)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds (default: %(default)s)")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds the finishes are spread over")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.child:
+        return child_main(args.answer_fd)
+    raise_fd_limit()
+    results = []
+    for kind in args.kinds.split(","):
+        for n in (int(x) for x in args.n.split(",")):
+            print(f"measuring {kind} with N={n:,} ...", file=sys.stderr, flush=True)
+            results.append(measure(kind, n, args.window))
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0 if all(r["completed"] == r["n"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run the benchmark suite (benchmarks/README.md): triggerer capacity against polling baselines, the
+# hook against the official banana-dev SDK, the operator's import cost, the local server's capacity.
+# About 10 minutes on a 2-core machine; --full adds N=10,000 (about 15 minutes more). Every request
+# goes to a local server on 127.0.0.1. Arguments go to `python -m benchmarks` (--help lists them).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bootstrap.sh
+source "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+
+# The official SDK to compare the hook with: 4.0.2 is the last release that spoke v4. It needs only
+# requests (>=2.26,<3), which Airflow's own pins satisfy, so it goes into the same venv.
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m; raise SystemExit(m.version("banana-dev") != "4.0.2")' 2>/dev/null; then
+    # bootstrap.sh sets UV only when it (re)built the venv; find or install uv the same way it does.
+    if [ -z "${UV:-}" ]; then
+        if command -v uv > /dev/null; then
+            UV="$(command -v uv)"
+        else
+            UV="$VENV/bin/uv"
+            if [ ! -x "$UV" ]; then
+                "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade > /dev/null
+                "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+            fi
+        fi
+    fi
+    "$UV" pip install --quiet --python "$VENV/bin/python" banana-dev==4.0.2
+fi
+
+echo "Load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+exec "$VENV/bin/python" -m benchmarks "$@"
