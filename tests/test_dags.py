@@ -128,7 +128,10 @@ class TestSensor:
 
 
 def example_bag() -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
 
     return DagBag(dag_folder=str(ROOT / "example_dags"))
 

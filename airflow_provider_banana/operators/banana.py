@@ -268,7 +268,10 @@ class BananaInferenceOperator(BaseOperator):
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Resume after deferral; a deferral that timed out fails naming the call it waited for."""
-        from airflow.sdk.exceptions import TaskDeferralTimeout
+        try:
+            from airflow.sdk.exceptions import TaskDeferralTimeout
+        except ImportError:  # Airflow 3.1 raises the one in airflow.exceptions
+            from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef]
 
         try:
             return super().resume_execution(next_method, next_kwargs, context)

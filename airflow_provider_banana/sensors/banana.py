@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+
+try:
+    from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+except ImportError:  # Airflow 3.1 has them only in airflow.exceptions
+    from airflow.exceptions import AirflowSensorTimeout, AirflowSkipException  # type: ignore[no-redef]
 
 from airflow_provider_banana.contract import BananaRetryPolicy, outputs_from_event, validate_call_id
 from airflow_provider_banana.exceptions import BananaCallError, BananaTimeoutError
