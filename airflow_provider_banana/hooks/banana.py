@@ -688,19 +688,14 @@ class BananaAsyncHook(_BananaHookBase):
         :return: what ended, and whether the deadline passed or an error stopped the wait.
         """
         started_at = time.time() if started_at is None else started_at
-        waits = {
-            asyncio.ensure_future(
-                self.wait(
-                    call_id,
-                    timeout=timeout,
-                    started_at=started_at,
-                    long_poll=long_poll,
-                    poll_interval=poll_interval,
-                    quiet=True,
-                )
-            ): call_id
-            for call_id in call_ids
-        }
+        follow = functools.partial(
+            self._wait_on_own_client,
+            timeout=timeout,
+            started_at=started_at,
+            long_poll=long_poll,
+            poll_interval=poll_interval,
+        )
+        waits = {asyncio.ensure_future(follow(call_id)): call_id for call_id in call_ids}
         finished: dict[str, list[Any]] = {}
         failed: dict[str, str] = {}
         timed_out, error = False, None
@@ -730,6 +725,18 @@ class BananaAsyncHook(_BananaHookBase):
                 future.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
+
+    async def _wait_on_own_client(self, call_id: str, **wait_kwargs: Any) -> list[Any]:
+        # Each call of a batch is followed by a hook of its own, on a client leased as a trigger's
+        # is: hundreds of long polls through this hook's one client would make that client's pool
+        # work grow with the square of the calls in flight (see HOOKS_PER_CLIENT).
+        sibling = BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy)
+        sibling._settings = settings = self.settings
+        sibling._client = _loop_share().lease((settings.base_url, settings.api_key))
+        try:
+            return await sibling.wait(call_id, quiet=True, **wait_kwargs)
+        finally:
+            await sibling.__aexit__()
 
     async def run(
         self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
