@@ -162,7 +162,7 @@ class ProcessSampler:
             with contextlib.suppress(psutil.NoSuchProcess):
                 root = psutil.Process(process.pid)
                 for member in [root, *root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError):
+                    with contextlib.suppress(psutil.Error, OSError):  # the process ended meanwhile
                         sums[group] = sums.get(group, 0) + _pss_kib(member.pid)
                         times = member.cpu_times()
                         self.cpu[(member.pid, member.create_time())] = times.user + times.system
