@@ -94,6 +94,11 @@ class Wave:
     timed_out: bool = False
     error: str | None = None
 
+    @property
+    def empty(self) -> bool:
+        """Return whether nothing ended and nothing went wrong (a wait that gave up early)."""
+        return not (self.finished or self.failed or self.timed_out or self.error)
+
     def to_event(self) -> dict[str, Any]:
         """Return the trigger event payload: only what ended in this wave."""
         return {

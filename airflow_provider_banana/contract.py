@@ -194,16 +194,22 @@ def validate_call_id(call_id: Any) -> str:
     return call_id.strip()
 
 
-def validate_positive(name: str, value: Any) -> float:
+def validate_positive(name: str, value: Any, *, zero_ok: bool = False) -> float:
     """
     Return ``value`` as a float, or raise if it is not a positive finite number.
 
     :param name: the argument's name, for the message.
     :param value: the number to check.
-    :raises BananaConfigError: zero, negative, not finite, or not a number.
+    :param zero_ok: accept 0 too.
+    :raises BananaConfigError: zero (unless ``zero_ok``), negative, not finite, or not a number.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise BananaConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        ok = False
+    else:
+        ok = value >= 0 if zero_ok else value > 0
+    if not ok:
+        what = "zero or a positive" if zero_ok else "a positive"
+        raise BananaConfigError(f"{name} must be {what} number of seconds, got {value!r}")
     return float(value)
 
 

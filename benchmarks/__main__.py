@@ -2,7 +2,7 @@
 
 Usage (``bash scripts/bench.sh`` sets up the environment and runs this)::
 
-    python -m benchmarks [--full] [--only capacity,hook,import,server] [--json results.json]
+    python -m benchmarks [--full] [--only capacity,hook,import,server,batch] [--json results.json]
 
 Parts, in order:
 
@@ -11,7 +11,10 @@ Parts, in order:
 2. ``hook``: :mod:`benchmarks.hook_vs_sdk`, ``BananaHook.run`` against the ``banana-dev`` 4.0.2 SDK;
 3. ``import``: :mod:`benchmarks.import_cost`, the operator module's import time;
 4. ``server``: :mod:`benchmarks.devserver_capacity` with the raw client, the local server's own
-   long-poll capacity and Start/Check throughput (N = 1,000; ``--full``: 10,000).
+   long-poll capacity and Start/Check throughput (N = 1,000; ``--full``: 10,000);
+5. ``batch``: :mod:`benchmarks.batch_vs_mapping`, one batch task against dynamic task mapping on
+   real Airflow components (N = 1,000 and 10,000; about 35 minutes, so only with ``--full`` or
+   ``--only batch``).
 
 Parts run one at a time, so that none measures the machine while another loads it; the load
 average is printed before and after each, since the machine may be shared.
@@ -28,10 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import devserver_capacity, hook_vs_sdk, import_cost, triggerer_capacity
+from benchmarks import batch_vs_mapping, devserver_capacity, hook_vs_sdk, import_cost, triggerer_capacity
 from benchmarks.common import load_average, machine, raise_fd_limit
 
-PARTS = ("capacity", "hook", "import", "server")
+PARTS = ("capacity", "hook", "import", "server", "batch")
+#: The parts of a run without --full or --only.
+DEFAULT_PARTS = PARTS[:4]
 
 #: (kind, N) of the default run: each baseline where it is not saturated and at 1,000, and the
 #: provider's trigger before (a client per hook) and after (shared clients) at 1,000.
@@ -59,8 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     :return: 0 when every call of every part completed, else 1.
     """
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="add the N=10,000 measurements (about 15 minutes more)")
-    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts (default: %(default)s)")
+    parser.add_argument(
+        "--full", action="store_true", help="add the N=10,000 measurements and the batch part (about 50 minutes more)"
+    )
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated parts of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})"
+    )
     parser.add_argument(
         "--window",
         type=float,
@@ -69,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
-    parts = [part for part in args.only.split(",") if part]
+    only = args.only or ",".join(PARTS if args.full else DEFAULT_PARTS)
+    parts = [part for part in only.split(",") if part]
     unknown = set(parts) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
@@ -105,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             imports = import_cost.measure(repeat=5)
             import_cost.report(imports)
             results[part] = imports
+        elif part == "batch":
+            sizes = [1000, 10000]
+            batches = batch_vs_mapping.run(sizes, batch_vs_mapping.SCENARIOS)
+            batch_vs_mapping.report(batches)
+            ok &= all(r["state"] == "success" for r in batches if batch_vs_mapping.mapping_allowed(r))
+            results[part] = batches
         else:
             n = 10000 if args.full else 1000
             with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:

@@ -12,18 +12,7 @@ cd "$ROOT"
 # The official SDK to compare the hook with: 4.0.2 is the last release that spoke v4. It needs only
 # requests (>=2.26,<3), which Airflow's own pins satisfy, so it goes into the same venv.
 if ! "$VENV/bin/python" -c 'import importlib.metadata as m; raise SystemExit(m.version("banana-dev") != "4.0.2")' 2>/dev/null; then
-    # bootstrap.sh sets UV only when it (re)built the venv; find or install uv the same way it does.
-    if [ -z "${UV:-}" ]; then
-        if command -v uv > /dev/null; then
-            UV="$(command -v uv)"
-        else
-            UV="$VENV/bin/uv"
-            if [ ! -x "$UV" ]; then
-                "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade > /dev/null
-                "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
-            fi
-        fi
-    fi
+    find_uv  # from bootstrap.sh
     "$UV" pip install --quiet --python "$VENV/bin/python" banana-dev==4.0.2
 fi
 

@@ -17,6 +17,20 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     exit 1
 fi
 
+# Set UV to a uv binary: the one on PATH, else one installed inside the venv. uv resolves and
+# installs Airflow in seconds where pip takes minutes. Also used by bench.sh.
+find_uv() {
+    if command -v uv > /dev/null; then
+        UV="$(command -v uv)"
+        return
+    fi
+    UV="$VENV/bin/uv"
+    if [ ! -x "$UV" ]; then
+        "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade > /dev/null
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
+    fi
+}
+
 stamp="$VENV/.banana-installed"
 want="$AIRFLOW_VERSION $( { cat "$ROOT/pyproject.toml"; cat "$ROOT"/constraints/*.txt 2>/dev/null || true; } | cksum)"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -25,17 +39,7 @@ fi
 
 echo "Setting up $VENV (Airflow $AIRFLOW_VERSION) ..." >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# uv resolves and installs Airflow in seconds where pip takes minutes; without one on PATH it is
-# installed inside the venv.
-if command -v uv > /dev/null; then
-    UV="$(command -v uv)"
-else
-    UV="$VENV/bin/uv"
-    if [ ! -x "$UV" ]; then
-        "$VENV/bin/python" -m pip --version > /dev/null 2>&1 || "$VENV/bin/python" -m ensurepip --upgrade > /dev/null
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv
-    fi
-fi
+find_uv
 constraints=()
 series="${AIRFLOW_VERSION%.*}"
 if [ -f "$ROOT/constraints/airflow-$series.txt" ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ import pytest
 
 from airflow_provider_banana.batch import BananaBatchError, BatchPlan, Wave, hand_back_now
 from airflow_provider_banana.devserver.testing import DevServer
+from airflow_provider_banana.exceptions import BananaConfigError
+from airflow_provider_banana.operators.banana import BananaBatchInferenceOperator
 from tests.conftest import requires_task_state_store
 from tests.dags import banana_test_dags as scenarios
 from tests.test_dags import states, xcom
@@ -131,6 +134,35 @@ class TestBatchDags:
         assert stats["per_model"]["sleep"]["running_max"] <= 10
         assert stats["starts_taken"] == 200
 
+    def test_in_the_worker_each_call_is_checked_once_across_waves(self, server: DevServer) -> None:
+        # The worker starts the next calls between waves while the other calls' long polls stay
+        # open: a call that outlives a wave is not Checked again from scratch in the next one.
+        run = scenarios.batch_blocking_long_polls.test()
+        assert str(run.state) == "success", states(run)
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(40))
+        stats = server.stats()
+        assert stats["starts_taken"] == 40
+        assert stats["check_requests"] == 40
+
+    def test_deferrable_batch_stays_in_the_worker_while_calls_end_within_defer_after(
+        self, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        run = scenarios.batch_short_calls_stay.test()
+        assert str(run.state) == "success", states(run)
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(30))
+        assert "Banana batch wave" not in "".join(capfd.readouterr())  # the trigger's line: it never ran
+        assert server.stats()["starts_taken"] == 30
+
+    def test_deferrable_batch_defers_calls_that_outlast_defer_after(
+        self, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        run = scenarios.batch_long_calls_defer.test()
+        assert str(run.state) == "success", states(run)
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(6))
+        logs = "".join(capfd.readouterr())
+        assert logs.count("Banana batch wave") >= 2  # one deferral per burst of three
+        assert server.stats()["starts_taken"] == 6
+
     def test_flaky_item_is_retried(self, server: DevServer) -> None:
         run = scenarios.batch_flaky.test()
         assert str(run.state) == "success", states(run)
@@ -183,6 +215,44 @@ class TestBatchDags:
         assert "Banana batch did not finish within 3 s" in logs
         assert "item 4: call_" in logs
         assert server.stats()["starts_taken"] == 8
+
+
+class TestBadBatchArguments:
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"max_in_flight": 0}, "max_in_flight must be an integer >= 1, got 0"),
+            ({"max_in_flight": "8"}, "max_in_flight must be an integer >= 1, got '8'"),
+            ({"item_retries": -1}, "item_retries must be an integer >= 0, got -1"),
+            ({"on_item_failure": "ignore"}, "on_item_failure must be one of .*'ignore'"),
+            ({"timeout": 0}, "timeout must be a positive number of seconds, got 0"),
+            ({"poll_interval": -5}, "poll_interval must be a positive number of seconds, got -5"),
+            ({"linger": 0}, "linger must be a positive number of seconds, got 0"),
+            ({"defer_after": -1}, "defer_after must be zero or a positive number of seconds, got -1"),
+            ({"defer_after": float("nan")}, "defer_after must be zero or a positive number of seconds, got nan"),
+        ],
+    )
+    def test_fail_when_the_dag_is_parsed_naming_the_argument(self, kwargs: dict[str, Any], message: str) -> None:
+        with pytest.raises(BananaConfigError, match=message):
+            BananaBatchInferenceOperator(task_id="batch", model_inputs=[], **kwargs)
+
+    @pytest.mark.usefixtures("airflow_db", "banana_conn")
+    @pytest.mark.parametrize(
+        ("dag", "message"),
+        [
+            (scenarios.batch_bad_item, r"model_inputs\[2\]: model_inputs must be a dict \(or a JSON object string\)"),
+            (scenarios.batch_not_a_list, "model_inputs must be a list of inputs, got dict"),
+        ],
+        ids=["item", "not-a-list"],
+    )
+    def test_bad_model_inputs_fail_before_any_request(
+        self, dag: Any, message: str, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        run = dag.test()
+        assert states(run)["batch"] == "failed"
+        assert re.search(message, "".join(capfd.readouterr()))
+        stats = server.stats()
+        assert (stats["start_requests"], stats["check_requests"]) == (0, 0)
 
 
 @pytestmark_dags

@@ -57,7 +57,7 @@ from airflow_provider_banana.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     import requests
     from airflow.sdk import Connection
@@ -267,7 +267,9 @@ class BananaHook(_BananaHookBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def start(self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False) -> BananaResult:
+    def start(
+        self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False, quiet: bool = False
+    ) -> BananaResult:
         """
         Start one inference (billed), and wait for its result unless ``start_only``.
 
@@ -276,6 +278,7 @@ class BananaHook(_BananaHookBase):
         :param model_inputs: the model's inputs: a dict, or a string holding a JSON object.
         :param model_key: the model; defaults to the connection extra's ``model_key``.
         :param start_only: answer at once with the callID instead of holding up to ~60 s.
+        :param quiet: log the call at debug level (a batch logs its progress instead).
         :return: the result: ``finished`` with ``model_outputs``, or running with ``call_id``.
         :raises BananaConfigError: missing key or model key, before any request.
         :raises TypeError: inputs JSON cannot hold, before any request.
@@ -284,7 +287,8 @@ class BananaHook(_BananaHookBase):
         """
         body = self._start_body(self.settings, model_inputs, model_key, start_only)
         result = self._send(START, body, waits=not start_only)
-        self.log.info(
+        self.log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "Banana Start: call %s, %s (apiVersion %s)",
             result.call_id or "(no id: finished at once)",
             result.status_text if not result.finished else "finished",
@@ -541,6 +545,84 @@ def _loop_share() -> _SharedClients:
     return share
 
 
+class CallWatch:
+    """
+    Follow calls until they end, handing back a :class:`Wave` of what ended at a time.
+
+    A call's wait keeps running between two waves, so a watch that lives across waves (the batch
+    operator's worker, which starts the next calls between them on the same event loop) sends no
+    Check twice for one wait. :meth:`BananaAsyncHook.wait_many` is a watch of one wave.
+
+    :param follow: waits for one call and returns its ``modelOutputs`` (see
+        :meth:`BananaAsyncHook.watch`).
+    """
+
+    def __init__(self, follow: Callable[[str], Awaitable[list[Any]]]) -> None:
+        self._follow = follow
+        self._waits: dict[asyncio.Future[list[Any]], str] = {}
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    async def wave(self, call_ids: Iterable[str], *, linger: float, within: float | None = None) -> Wave:
+        """
+        Follow ``call_ids`` too (those not followed yet), and return once enough calls ended.
+
+        The wave ends when all, or half, of the calls followed ended, or ``linger`` seconds after
+        the first one did; when the deadline passes; when transport trouble outlives the retries;
+        or, given ``within``, when no call ended within that many seconds (an empty wave). Calls
+        that did not end stay followed for the next wave.
+
+        :param call_ids: the calls in flight.
+        :param linger: seconds to wait for more calls to end after the first one did.
+        :param within: most seconds to wait for the first call to end (default: no limit).
+        """
+        followed = set(self._waits.values())
+        for call_id in call_ids:
+            if call_id not in followed:
+                self._waits[asyncio.ensure_future(self._follow(call_id))] = call_id
+        in_flight = len(self._waits)
+        finished: dict[str, list[Any]] = {}
+        failed: dict[str, str] = {}
+        timed_out, error = False, None
+        began = time.monotonic()
+        first_end: float | None = None
+        while self._waits and not (timed_out or error):
+            if first_end is not None:
+                budget: float | None = max(0.0, linger - (time.monotonic() - first_end))
+            elif within is not None:
+                budget = within - (time.monotonic() - began)
+                if budget <= 0:
+                    break  # nothing ended in time
+            else:
+                budget = None
+            done, _ = await asyncio.wait(self._waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                call_id = self._waits.pop(future)
+                try:
+                    finished[call_id] = future.result()
+                except BananaCallError as e:
+                    failed[call_id] = e.message
+                except BananaTimeoutError:
+                    timed_out = True
+                except Exception as e:  # transport trouble or a local problem: reported, not hidden
+                    error = f"{type(e).__name__}: {e}"
+            ended = len(finished) + len(failed)
+            if ended and first_end is None:
+                first_end = time.monotonic()
+            since = None if first_end is None else time.monotonic() - first_end
+            if hand_back_now(ended, in_flight, since, linger):
+                break
+        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
+
+    async def aclose(self) -> None:
+        """Stop following every call (the calls themselves run on)."""
+        waits, self._waits = list(self._waits), {}
+        for future in waits:
+            future.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
 class BananaAsyncHook(_BananaHookBase):
     """
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
@@ -674,10 +756,10 @@ class BananaAsyncHook(_BananaHookBase):
         """
         Wait on several calls at once until enough of them ended to be worth handing back.
 
-        Each call is followed as :meth:`wait` follows one (long polls, retries). The wait ends when
-        all, or half, of the calls ended, or ``linger`` seconds after the first one did; when the
-        deadline passes; or when transport trouble outlives the retries. The Checks still in flight
-        are then dropped: the calls themselves run on.
+        Each call is followed as :meth:`wait` follows one (long polls, retries), through a hook
+        and client of its own. The wait ends when all, or half, of the calls ended, or ``linger``
+        seconds after the first one did; when the deadline passes; or when transport trouble
+        outlives the retries. The Checks still in flight are then dropped: the calls run on.
 
         :param call_ids: the calls in flight.
         :param timeout: seconds the batch may take, counted from ``started_at``.
@@ -687,44 +769,37 @@ class BananaAsyncHook(_BananaHookBase):
         :param linger: seconds to wait for more calls to end after the first one did.
         :return: what ended, and whether the deadline passed or an error stopped the wait.
         """
-        started_at = time.time() if started_at is None else started_at
-        follow = functools.partial(
-            self._wait_on_own_client,
-            timeout=timeout,
-            started_at=started_at,
-            long_poll=long_poll,
-            poll_interval=poll_interval,
-        )
-        waits = {asyncio.ensure_future(follow(call_id)): call_id for call_id in call_ids}
-        finished: dict[str, list[Any]] = {}
-        failed: dict[str, str] = {}
-        timed_out, error = False, None
-        first_end: float | None = None
-        pending: set[asyncio.Future[list[Any]]] = set(waits)
+        watch = self.watch(timeout=timeout, started_at=started_at, long_poll=long_poll, poll_interval=poll_interval)
         try:
-            while pending and not (timed_out or error):
-                budget = None if first_end is None else max(0.0, linger - (time.monotonic() - first_end))
-                done, pending = await asyncio.wait(pending, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        finished[waits[future]] = future.result()
-                    except BananaCallError as e:
-                        failed[waits[future]] = e.message
-                    except BananaTimeoutError:
-                        timed_out = True
-                    except Exception as e:  # transport trouble or a local problem: reported, not hidden
-                        error = f"{type(e).__name__}: {e}"
-                ended = len(finished) + len(failed)
-                if ended and first_end is None:
-                    first_end = time.monotonic()
-                since = None if first_end is None else time.monotonic() - first_end
-                if hand_back_now(ended, len(call_ids), since, linger):
-                    break
+            return await watch.wave(call_ids, linger=linger)
         finally:
-            for future in pending:
-                future.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
+            await watch.aclose()
+
+    def watch(
+        self,
+        *,
+        timeout: float,
+        started_at: float | None = None,
+        long_poll: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> CallWatch:
+        """
+        Return a :class:`CallWatch` that follows calls across waves on this hook's connection.
+
+        :param timeout: seconds the calls may take, counted from ``started_at``.
+        :param started_at: ``time.time()`` when the batch (this try) started (default: now).
+        :param long_poll: use long-poll Checks.
+        :param poll_interval: least seconds between the starts of two Checks of one call.
+        """
+        return CallWatch(
+            functools.partial(
+                self._wait_on_own_client,
+                timeout=timeout,
+                started_at=time.time() if started_at is None else started_at,
+                long_poll=long_poll,
+                poll_interval=poll_interval,
+            )
+        )
 
     async def _wait_on_own_client(self, call_id: str, **wait_kwargs: Any) -> list[Any]:
         # Each call of a batch is followed by a hook of its own, on a client leased as a trigger's

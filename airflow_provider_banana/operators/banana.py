@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import time
@@ -31,7 +32,7 @@ from airflow_provider_banana.contract import (
     validate_positive,
 )
 from airflow_provider_banana.exceptions import BananaCallError, BananaConfigError, BananaError, BananaTimeoutError
-from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook
+from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook, CallWatch
 from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCallTrigger
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 #: Seconds the deferral backstop waits past the trigger's own deadline, so that the trigger's
 #: clearer ``timeout`` event normally wins and the backstop only fires if the trigger cannot run.
 DEFER_BACKSTOP_MARGIN = 60.0
+#: Seconds a wave followed in the worker lingers after its first call ended (see ``linger`` for the
+#: triggerer's waves, where handing back costs a task resume).
+WORKER_LINGER = 0.05
+#: Seconds a deferrable batch's worker waits for a call to end before deferring: about what the
+#: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
+DEFAULT_DEFER_AFTER = 5.0
 _NO_CANCEL = "Banana v4 has no cancel endpoint: the call runs on and is billed"
 #: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
 #: Renaming it on a deployed version breaks the reattachment of tries in flight.
@@ -412,8 +419,12 @@ class BananaBatchInferenceOperator(BaseOperator):
     :param max_attempts: tries of one request through transient trouble (see the README).
     :param durable: keep the plan in Airflow's ``task_state_store`` (Airflow 3.3+), so a retried
         task starts no finished input again and reattaches to the running ones.
-    :param linger: seconds a wait lingers after its first call ended before handing back, so a
-        hand-back carries several results.
+    :param linger: seconds the trigger lingers after its first call ended before handing back, so
+        a hand-back carries several results.
+    :param defer_after: with ``deferrable=True``, seconds the worker waits, after starting calls,
+        for one of them to end before it defers; while calls keep ending sooner, the batch goes on
+        in the worker, since a deferral costs a task resume (seconds of scheduling, a worker start
+        and a DAG parse). ``0`` defers at once.
     """
 
     template_fields: Sequence[str] = ("model_inputs", "model_key")
@@ -436,6 +447,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         max_attempts: int = BananaRetryPolicy.max_attempts,
         durable: bool = True,
         linger: float = DEFAULT_LINGER,
+        defer_after: float = DEFAULT_DEFER_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -456,6 +468,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         self.max_attempts = BananaRetryPolicy(max_attempts=max_attempts).max_attempts
         self.durable = durable
         self.linger = validate_positive("linger", linger)
+        self.defer_after = validate_positive("defer_after", defer_after, zero_ok=True)
 
     @functools.cached_property
     def hook(self) -> BananaHook:
@@ -517,48 +530,52 @@ class BananaBatchInferenceOperator(BaseOperator):
     def _advance(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> Any:
         started_at = store.started_at
         deadline = started_at + self.timeout
-        while True:
-            self._start_next(inputs, plan, store)
-            self.log.info("Banana batch: %s after %.1f s", _counts(plan), time.time() - started_at)
-            if plan.complete:
-                return self._finish(plan, store)
-            if time.time() >= deadline:
-                raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
-            if self.deferrable:
-                self.defer(
-                    trigger=BananaBatchTrigger(
-                        call_ids=list(plan.running.values()),
-                        banana_conn_id=self.banana_conn_id,
-                        deadline=deadline,
-                        started_at=started_at,
-                        poll_interval=self.poll_interval,
-                        long_poll=self.long_poll,
-                        max_attempts=self.max_attempts,
-                        linger=self.linger,
-                    ),
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
-                )
-            self._take_wave(plan, store, asyncio.run(self._wait(plan, started_at)))
-
-    async def _wait(self, plan: BatchPlan, started_at: float) -> Wave:
-        retry_policy = BananaRetryPolicy(max_attempts=self.max_attempts)
-        async with BananaAsyncHook(self.banana_conn_id, retry_policy=retry_policy) as hook:
-            return await hook.wait_many(
-                list(plan.running.values()),
-                timeout=self.timeout,
-                started_at=started_at,
-                long_poll=self.long_poll,
-                poll_interval=self.poll_interval,
-                linger=self.linger,
-            )
+        worker_watch = _WorkerWatch(
+            self.banana_conn_id,
+            BananaRetryPolicy(max_attempts=self.max_attempts),
+            timeout=self.timeout,
+            started_at=started_at,
+            long_poll=self.long_poll,
+            poll_interval=self.poll_interval,
+        )
+        with contextlib.closing(worker_watch):
+            while True:
+                self._start_next(inputs, plan, store)
+                self.log.info("Banana batch: %s after %.1f s", _counts(plan), time.time() - started_at)
+                if plan.complete:
+                    return self._finish(plan, store)
+                if time.time() >= deadline:
+                    raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
+                running = list(plan.running.values())
+                if not self.deferrable:
+                    self._take_wave(plan, store, worker_watch.wave(running))
+                    continue
+                # A deferral costs a task resume (scheduling, a worker start, a DAG parse: seconds),
+                # so while calls keep ending within defer_after the batch goes on in the worker.
+                wave = worker_watch.wave(running, within=self.defer_after) if self.defer_after else Wave()
+                if wave.empty:
+                    self.defer(
+                        trigger=BananaBatchTrigger(
+                            call_ids=running,
+                            banana_conn_id=self.banana_conn_id,
+                            deadline=deadline,
+                            started_at=started_at,
+                            poll_interval=self.poll_interval,
+                            long_poll=self.long_poll,
+                            max_attempts=self.max_attempts,
+                            linger=self.linger,
+                        ),
+                        method_name="execute_complete",
+                        timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
+                    )
+                self._take_wave(plan, store, wave)
 
     def _start_next(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> None:
         new_outputs: dict[int, list[Any]] = {}
         try:
             for index in plan.next_starts():
                 try:
-                    result = self.hook.start(inputs[index], self.model_key, start_only=True)
+                    result = self.hook.start(inputs[index], self.model_key, start_only=True, quiet=True)
                 except BananaCallError as e:
                     self.log.warning("Banana refused item %d: %s", index, e.message)
                     plan.start_failed(index, e.message)
@@ -602,6 +619,55 @@ class BananaBatchInferenceOperator(BaseOperator):
     def on_kill(self) -> None:
         """Say that the calls in flight run on: Banana v4 cannot cancel them."""
         self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
+
+
+class _WorkerWatch:
+    """
+    The calls a non-deferrable batch follows from its worker, on one event loop for the whole try.
+
+    The loop stands still while the worker starts the next calls (Starts and the store's writes
+    are synchronous); the long polls stay open meanwhile, their answers waiting in the sockets,
+    and carry on when the next wave runs, so no call is Checked afresh after each wave. The loop
+    is made on the first wave: a deferrable batch never makes one.
+
+    :param banana_conn_id: the Airflow connection to use.
+    :param retry_policy: attempts and backoff of every Check.
+    :param wait_kwargs: ``timeout``, ``started_at``, ``long_poll`` and ``poll_interval`` of
+        :meth:`BananaAsyncHook.watch`.
+    """
+
+    def __init__(self, banana_conn_id: str, retry_policy: BananaRetryPolicy, **wait_kwargs: Any) -> None:
+        self._hook = BananaAsyncHook(banana_conn_id, retry_policy=retry_policy)
+        self._wait_kwargs = wait_kwargs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exits = contextlib.AsyncExitStack()
+        self._watch: CallWatch | None = None
+
+    def wave(self, call_ids: list[str], within: float | None = None) -> Wave:
+        """
+        Follow ``call_ids`` too, and return the next wave of calls that ended.
+
+        :param call_ids: the calls in flight.
+        :param within: most seconds to wait for the first call to end; an empty wave if none did.
+        """
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        if self._watch is None:
+            hook = self._loop.run_until_complete(self._exits.enter_async_context(self._hook))
+            self._watch = hook.watch(**self._wait_kwargs)
+            self._exits.push_async_callback(self._watch.aclose)
+        # A hand-back here costs no task resume: the next inputs start as soon as calls end.
+        return self._loop.run_until_complete(self._watch.wave(call_ids, linger=WORKER_LINGER, within=within))
+
+    def close(self) -> None:
+        """Stop following the calls (they run on), release the client, close the loop."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.run_until_complete(self._exits.aclose())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
 
 
 def _counts(plan: BatchPlan) -> str:

@@ -159,16 +159,35 @@ def _batch(dag_id: str, **kwargs: Any) -> DAG:
 
 
 batch_deferrable = _batch(
-    "t_batch_deferrable", model_key="sleep", model_inputs=BATCH_200, max_in_flight=10, deferrable=True
+    "t_batch_deferrable", model_key="sleep", model_inputs=BATCH_200, max_in_flight=10, deferrable=True, defer_after=0
 )
 batch_blocking = _batch("t_batch_blocking", model_key="sleep", model_inputs=BATCH_200, max_in_flight=10)
 FLAKY = [{"key": f"{{{{ run_id }}}}-{i}", "fail_times": 1 if i == 3 else 0} for i in range(8)]
+# Calls shorter than the test server's 2 s Check hold: one long poll each sees them end.
+batch_blocking_long_polls = _batch(
+    "t_batch_blocking_long_polls",
+    model_key="sleep",
+    model_inputs=[{"seconds": 0.3 + 0.15 * (i % 6), "result": i} for i in range(40)],
+    max_in_flight=8,
+)
 batch_flaky = _batch(
-    "t_batch_flaky", model_key="flaky", model_inputs=FLAKY, max_in_flight=3, item_retries=1, deferrable=True
+    "t_batch_flaky",
+    model_key="flaky",
+    model_inputs=FLAKY,
+    max_in_flight=3,
+    item_retries=1,
+    deferrable=True,
+    defer_after=0,
 )
 BROKEN = [{"key": f"{{{{ run_id }}}}-{i}", "fail_times": 9 if i in (2, 5) else 0} for i in range(8)]
 batch_fail_policy = _batch(
-    "t_batch_fail_policy", model_key="flaky", model_inputs=BROKEN, max_in_flight=3, item_retries=1, deferrable=True
+    "t_batch_fail_policy",
+    model_key="flaky",
+    model_inputs=BROKEN,
+    max_in_flight=3,
+    item_retries=1,
+    deferrable=True,
+    defer_after=0,
 )
 batch_skip_policy = _batch(
     "t_batch_skip_policy",
@@ -186,6 +205,7 @@ batch_retry = _batch(
     max_in_flight=10,
     max_attempts=1,
     deferrable=True,
+    defer_after=0,
     **RETRY,
 )
 batch_retry_blocking = _batch(
@@ -197,6 +217,7 @@ batch_not_durable = _batch(
     model_inputs=BATCH_30,
     max_in_flight=10,
     deferrable=True,
+    defer_after=0,
     durable=False,
 )
 batch_timeout = _batch(
@@ -205,8 +226,27 @@ batch_timeout = _batch(
     model_inputs=[{"seconds": 0.2 if i < 4 else 30} for i in range(8)],
     max_in_flight=4,
     deferrable=True,
+    defer_after=0,
     timeout=3,
 )
+# Deferrable with the default defer_after: calls that end within it never leave the worker...
+batch_short_calls_stay = _batch(
+    "t_batch_short_calls_stay", model_key="sleep", model_inputs=BATCH_30, max_in_flight=10, deferrable=True
+)
+# ...and calls that outlast it are handed to the triggerer.
+batch_long_calls_defer = _batch(
+    "t_batch_long_calls_defer",
+    model_key="sleep",
+    model_inputs=[{"seconds": 2.5, "result": i} for i in range(6)],
+    max_in_flight=3,
+    deferrable=True,
+    defer_after=0.5,
+)
+# Bad inputs, found before any request: an item that is not an object, and a dict for the list.
+batch_bad_item = _batch(
+    "t_batch_bad_item", model_key="sleep", model_inputs=[{"seconds": 0}, {"seconds": 0}, 42], deferrable=True
+)
+batch_not_a_list = _batch("t_batch_not_a_list", model_key="sleep", model_inputs={"seconds": 0})
 # 5,000 short calls in one task, run through `airflow dags test` by tests/test_batch.py.
 batch_5000 = _batch(
     "t_batch_5000",
