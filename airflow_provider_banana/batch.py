@@ -134,8 +134,9 @@ def hand_back_now(ended: int, in_flight: int, since_first_end: float | None, lin
     """
     Return whether a wait on ``in_flight`` calls should hand control back to the worker.
 
-    Handing back costs a task resume, so it waits for more than one call to end: all of them, or
-    half, or whatever ended within ``linger`` seconds of the first.
+    Each hand-back costs a write of the plan and its new outputs, and from the triggerer a task
+    resume, so it waits for more than one call to end: all of them, or half, or whatever ended
+    within ``linger`` seconds of the first.
 
     :param ended: calls that ended so far in this wait.
     :param in_flight: calls the wait watches.

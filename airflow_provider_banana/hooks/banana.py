@@ -598,6 +598,8 @@ class CallWatch:
                 budget = None
             done, _ = await asyncio.wait(self._waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
+                if future not in self._waits:  # stopped meanwhile (aclose)
+                    continue
                 call_id = self._waits.pop(future)
                 try:
                     finished[call_id] = future.result()
@@ -756,10 +758,11 @@ class BananaAsyncHook(_BananaHookBase):
         """
         Wait on several calls at once until enough of them ended to be worth handing back.
 
-        Each call is followed as :meth:`wait` follows one (long polls, retries), through a hook
-        and client of its own. The wait ends when all, or half, of the calls ended, or ``linger``
-        seconds after the first one did; when the deadline passes; or when transport trouble
-        outlives the retries. The Checks still in flight are then dropped: the calls run on.
+        Each call is followed as :meth:`wait` follows one (long polls, retries), through a hook of
+        its own on a leased client (as triggers share them). The wait ends when all, or half, of
+        the calls ended, or ``linger`` seconds after the first one did; when the deadline passes;
+        or when transport trouble outlives the retries. The Checks still in flight are then
+        dropped: the calls run on.
 
         :param call_ids: the calls in flight.
         :param timeout: seconds the batch may take, counted from ``started_at``.

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
@@ -38,12 +40,16 @@ from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCa
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+T = TypeVar("T")
+
 #: Seconds the deferral backstop waits past the trigger's own deadline, so that the trigger's
 #: clearer ``timeout`` event normally wins and the backstop only fires if the trigger cannot run.
 DEFER_BACKSTOP_MARGIN = 60.0
-#: Seconds a wave followed in the worker lingers after its first call ended (see ``linger`` for the
-#: triggerer's waves, where handing back costs a task resume).
-WORKER_LINGER = 0.05
+#: Seconds a batch pauses when nothing runs because every input left to start was refused at its
+#: Start (an "error" message) and waits for its retry.
+REFUSED_START_PAUSE = 1.0
+#: Seconds closing a batch's watch may take (cancelling Checks, closing connections).
+_CLOSE_TIMEOUT = 30.0
 #: Seconds a deferrable batch's worker waits for a call to end before deferring: about what the
 #: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
 DEFAULT_DEFER_AFTER = 5.0
@@ -394,12 +400,13 @@ class BananaBatchInferenceOperator(BaseOperator):
     Run many inferences from one task, at most ``max_in_flight`` at a time, and return all outputs.
 
     Each item of ``model_inputs`` is the ``modelInputs`` of one call. Starts are sent only from the
-    worker. With ``deferrable=True`` one
-    :class:`~airflow_provider_banana.triggers.banana.BananaBatchTrigger` watches the calls in
-    flight and hands control back when a wave of them ended, so the worker can start the next
-    ones and defer again; otherwise the worker waits on them itself. The return value is a list
-    with one entry per input, in input order: that call's ``modelOutputs`` list, or ``None`` for
-    an input that failed under ``on_item_failure="skip"``.
+    worker, which then follows the calls in flight and starts the next inputs as waves of them
+    end. With ``deferrable=True``, once no call ended within ``defer_after`` seconds, the task
+    defers: one :class:`~airflow_provider_banana.triggers.banana.BananaBatchTrigger` watches the
+    calls in flight and hands control back when a wave of them ended, so the worker can start the
+    next ones, and so on. The return value is a list with one entry per input, in input order:
+    that call's ``modelOutputs`` list, or ``None`` for an input that failed under
+    ``on_item_failure="skip"``.
 
     :param model_inputs: a list whose items are the inputs of one call each (templated, or an
         upstream task's output); a string that renders to a JSON array works too.
@@ -419,8 +426,8 @@ class BananaBatchInferenceOperator(BaseOperator):
     :param max_attempts: tries of one request through transient trouble (see the README).
     :param durable: keep the plan in Airflow's ``task_state_store`` (Airflow 3.3+), so a retried
         task starts no finished input again and reattaches to the running ones.
-    :param linger: seconds the trigger lingers after its first call ended before handing back, so
-        a hand-back carries several results.
+    :param linger: seconds a wave lingers after its first call ended before handing back (unless
+        half the calls ended), so a hand-back carries several results.
     :param defer_after: with ``deferrable=True``, seconds the worker waits, after starting calls,
         for one of them to end before it defers; while calls keep ending sooner, the batch goes on
         in the worker, since a deferral costs a task resume (seconds of scheduling, a worker start
@@ -533,6 +540,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         worker_watch = _WorkerWatch(
             self.banana_conn_id,
             BananaRetryPolicy(max_attempts=self.max_attempts),
+            linger=self.linger,
             timeout=self.timeout,
             started_at=started_at,
             long_poll=self.long_poll,
@@ -547,6 +555,9 @@ class BananaBatchInferenceOperator(BaseOperator):
                 if time.time() >= deadline:
                     raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
                 running = list(plan.running.values())
+                if not running:  # every input left was refused at its Start and waits for its retry
+                    time.sleep(REFUSED_START_PAUSE)
+                    continue
                 if not self.deferrable:
                     self._take_wave(plan, store, worker_watch.wave(running))
                     continue
@@ -582,6 +593,9 @@ class BananaBatchInferenceOperator(BaseOperator):
                     continue
                 if result.finished:
                     new_outputs[index] = result.model_outputs or []
+                # Which input runs as which (billed) call, in the task log too: with durable=False
+                # a try that dies keeps no other record of it.
+                self.log.info("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
                 plan.started(index, result.call_id, new_outputs.get(index))
                 # Persisted after every Start: a worker that dies mid-burst loses no call id.
                 store.save(plan, new_outputs)
@@ -623,25 +637,32 @@ class BananaBatchInferenceOperator(BaseOperator):
 
 class _WorkerWatch:
     """
-    The calls a non-deferrable batch follows from its worker, on one event loop for the whole try.
+    The calls a batch follows from its worker: one event loop, in a thread of its own, per try.
 
-    The loop stands still while the worker starts the next calls (Starts and the store's writes
-    are synchronous); the long polls stay open meanwhile, their answers waiting in the sockets,
-    and carry on when the next wave runs, so no call is Checked afresh after each wave. The loop
-    is made on the first wave: a deferrable batch never makes one.
+    The loop keeps running while the worker's own thread starts the next calls and writes the
+    plan (both synchronous), so the calls' long polls, and the connections they open, carry on
+    meanwhile and no call is Checked afresh after each wave. Both threads never talk to Airflow at
+    once: the loop's thread does so only while entering the hook, when the worker's thread waits
+    for it. Made on the first wave: a batch that defers at once (``defer_after=0``) never makes it.
 
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every Check.
+    :param linger: seconds a wave lingers after its first call ended.
     :param wait_kwargs: ``timeout``, ``started_at``, ``long_poll`` and ``poll_interval`` of
         :meth:`BananaAsyncHook.watch`.
     """
 
-    def __init__(self, banana_conn_id: str, retry_policy: BananaRetryPolicy, **wait_kwargs: Any) -> None:
+    def __init__(
+        self, banana_conn_id: str, retry_policy: BananaRetryPolicy, *, linger: float, **wait_kwargs: Any
+    ) -> None:
         self._hook = BananaAsyncHook(banana_conn_id, retry_policy=retry_policy)
+        self._linger = linger
         self._wait_kwargs = wait_kwargs
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._exits = contextlib.AsyncExitStack()
         self._watch: CallWatch | None = None
+        self._pending: concurrent.futures.Future[Any] | None = None
 
     def wave(self, call_ids: list[str], within: float | None = None) -> Wave:
         """
@@ -650,24 +671,38 @@ class _WorkerWatch:
         :param call_ids: the calls in flight.
         :param within: most seconds to wait for the first call to end; an empty wave if none did.
         """
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
         if self._watch is None:
-            hook = self._loop.run_until_complete(self._exits.enter_async_context(self._hook))
+            hook = self._run(self._exits.enter_async_context(self._hook))
             self._watch = hook.watch(**self._wait_kwargs)
             self._exits.push_async_callback(self._watch.aclose)
-        # A hand-back here costs no task resume: the next inputs start as soon as calls end.
-        return self._loop.run_until_complete(self._watch.wave(call_ids, linger=WORKER_LINGER, within=within))
+        return self._run(self._watch.wave(call_ids, linger=self._linger, within=within))
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="banana-batch-watch", daemon=True)
+            self._thread.start()
+        self._pending = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return self._pending.result()
+        finally:
+            self._pending = None
 
     def close(self) -> None:
-        """Stop following the calls (they run on), release the client, close the loop."""
-        if self._loop is None:
+        """Stop following the calls (they run on), release the clients, stop the loop and its thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
             return
         try:
-            self._loop.run_until_complete(self._exits.aclose())
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            if self._pending is not None:  # a wave interrupted in this thread (execution_timeout, SIGTERM)
+                self._pending.cancel()
+            asyncio.run_coroutine_threadsafe(self._exits.aclose(), loop).result(timeout=_CLOSE_TIMEOUT)
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=_CLOSE_TIMEOUT)
         finally:
-            self._loop.close()
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=_CLOSE_TIMEOUT)
+            if not thread.is_alive():
+                loop.close()
 
 
 def _counts(plan: BatchPlan) -> str:

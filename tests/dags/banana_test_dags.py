@@ -167,7 +167,7 @@ FLAKY = [{"key": f"{{{{ run_id }}}}-{i}", "fail_times": 1 if i == 3 else 0} for 
 batch_blocking_long_polls = _batch(
     "t_batch_blocking_long_polls",
     model_key="sleep",
-    model_inputs=[{"seconds": 0.3 + 0.15 * (i % 6), "result": i} for i in range(40)],
+    model_inputs=[{"seconds": 0.2 + 0.1 * (i % 6), "result": i} for i in range(40)],
     max_in_flight=8,
 )
 batch_flaky = _batch(
@@ -241,6 +241,15 @@ batch_long_calls_defer = _batch(
     max_in_flight=3,
     deferrable=True,
     defer_after=0.5,
+)
+# Every Start refused once (the test arms the server): nothing runs while the retries wait.
+batch_refused_starts = _batch(
+    "t_batch_refused_starts",
+    model_key="sleep",
+    model_inputs=[{"seconds": 0, "result": i} for i in range(3)],
+    max_in_flight=3,
+    item_retries=1,
+    deferrable=True,
 )
 # Bad inputs, found before any request: an item that is not an object, and a dict for the list.
 batch_bad_item = _batch(
