@@ -275,11 +275,12 @@ def measure(stack: AirflowComponents, server: DevServer, scenario: str, n: int) 
         failure = "; ".join(f"{ti['task_id']}[{ti['map_index']}] {ti['state']}" for ti in instances[:5])
         make_inputs_log = stack.task_log(the_dag, run_id, "make_inputs")
         if make_inputs_log.exists():
+            # Above max_map_length the api-server refuses the list's XCom push (HTTP 400, reason
+            # "unmappable_return_value_length").
             text = make_inputs_log.read_text(errors="replace")
-            failure = next(
-                (line[:300] for line in text.splitlines() if "max_map_length" in line or "Unmappable" in line),
-                failure,
-            )
+            refusal = "too large to map"
+            if refusal in text:
+                failure = f"make_inputs failed: its XCom push was refused, pushed value is {refusal} (max_map_length)"
     starts = [_time(ti["start_date"]) for ti in infer if ti["start_date"]]
     ends = [_time(ti["end_date"]) for ti in infer if ti["end_date"]]
     return {
@@ -321,8 +322,11 @@ def _retried_reason(stack: AirflowComponents, the_dag: str, run_id: str, instanc
             if not path.exists():
                 return f"{ti['task_id']}[{ti['map_index']}]: no log at {path}"
             errors = [r for r in log_records(path.read_text(errors="replace")) if r.get("level") == "error"]
-            last = errors[-1] if errors else {}
-            return f"{ti['task_id']}[{ti['map_index']}]: {str(last.get('event', '(no error logged)'))[:300]}"
+            if not errors:
+                return f"{ti['task_id']}[{ti['map_index']}]: no error in the first try's own log"
+            last = errors[-1]
+            details = [f"{d.get('exc_type')}: {d.get('exc_value')}" for d in last.get("error_detail") or []]
+            return f"{ti['task_id']}[{ti['map_index']}]: {last.get('event')} {'; '.join(details)}"[:300]
     return None
 
 

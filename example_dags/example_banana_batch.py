@@ -5,6 +5,9 @@ Use it instead of ``.expand()`` when the list is long (thousands of inputs: mapp
 ``[core] max_map_length``, 1,024 by default, and every mapped instance costs the scheduler a task,
 a worker start and a trigger). The task returns one entry per input, in input order: that call's
 ``modelOutputs`` list, or ``None`` for an input that failed under ``on_item_failure="skip"``.
+
+With ``deferrable=True`` the worker follows the calls itself while they keep ending within
+``defer_after`` seconds (5 by default), and hands them to the triggerer once they take longer.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run the benchmark suite (benchmarks/README.md): triggerer capacity against polling baselines, the
 # hook against the official banana-dev SDK, the operator's import cost, the local server's capacity.
-# About 10 minutes on a 2-core machine; --full adds N=10,000 (about 15 minutes more). Every request
-# goes to a local server on 127.0.0.1. Arguments go to `python -m benchmarks` (--help lists them).
+# About 10 minutes on a 2-core machine; --full adds N=10,000 (about 15 minutes more) and one batch
+# task against dynamic task mapping on real Airflow components (about 50 minutes; alone:
+# --only batch). Every request goes to a local server on 127.0.0.1. Arguments go to
+# `python -m benchmarks` (--help lists them).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bootstrap.sh

@@ -39,6 +39,8 @@ RUN_TIMEOUT = 240.0
 #: Seconds a component may take to write an awaited line to a task or trigger log.
 LOG_TIMEOUT = 30.0
 TERMINAL_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+#: The simple auth manager's token endpoint: with all users admins, a GET hands out a token.
+TOKEN_PATH = "auth/token"
 # Our own api-server is on loopback, whatever proxy the environment names.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -79,7 +81,7 @@ def airflow_env(home: Path, api_port: int, banana_conn: str, **overrides: str) -
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
-            # Every REST request is an admin's, so the test needs no token or password file.
+            # Every user is an admin: a REST token comes from GET auth/token, with no password file.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
@@ -134,6 +136,8 @@ class AirflowComponents:
     env: dict[str, str]
     api_url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: The bearer token of the REST calls, from the all-admins token endpoint on first use.
+    token: str | None = None
     #: Every process ever seen in the components' trees, for the sweep at the end.
     seen: set[psutil.Process] = field(default_factory=set)
     stopped: bool = False
@@ -246,11 +250,17 @@ class AirflowComponents:
         :param timeout: seconds to wait for the reply.
         :raises OSError: if the call fails or the reply is an HTTP error.
         """
+        headers = {"Content-Type": "application/json"}
+        if path != TOKEN_PATH and not path.startswith("execution/"):
+            # Airflow 3.1 wants a token even when every user is an admin; 3.3 takes one too.
+            if self.token is None:
+                self.token = self.api("GET", TOKEN_PATH, timeout=timeout)["access_token"]
+            headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(
             self.api_url + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers=headers,
         )
         with _OPENER.open(request, timeout=timeout) as response:
             return json.loads(response.read())

@@ -50,10 +50,12 @@ def _airflow_version() -> tuple[int, ...]:
     return tuple(int(part) for part in version("apache-airflow-core").split(".")[:2])
 
 
+#: The installed Airflow's (major, minor).
+AIRFLOW_VERSION = _airflow_version()
 #: Durable calls and batches reattach across tries through task_state_store, new in Airflow 3.3;
 #: before it a retried task starts afresh by design (README, Compatibility).
 requires_task_state_store = pytest.mark.skipif(
-    _airflow_version() < (3, 3), reason="task_state_store (durable calls) arrived in Airflow 3.3"
+    AIRFLOW_VERSION < (3, 3), reason="task_state_store (durable calls) arrived in Airflow 3.3"
 )
 
 #: A fresh random API key per test session; tests scan outputs for it.

@@ -19,7 +19,7 @@ import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
 from tests.components import RUN_TIMEOUT, AirflowComponents, airflow_env, free_port, processes_titled, started
-from tests.conftest import API_KEY, ROOT, connection_json
+from tests.conftest import AIRFLOW_VERSION, API_KEY, ROOT, connection_json
 
 # The module takes 60-95 s on two cores, more on the first run after install (every .pyc gets
 # compiled); ~40 s of it is starting the components, which the first test pays for. The waits below fail sooner,
@@ -101,10 +101,11 @@ def test_deferrable_example_succeeds_with_the_trigger_in_the_triggerer(
     instances = stack.api("GET", f"{run_path}/taskInstances")["task_instances"]
     assert state == "success", f"{[(ti['task_id'], ti['state']) for ti in instances]}\n{stack.logs_tail()}"
 
-    # The audit log records each state change of `infer`: deferred in between two runs.
-    query = urllib.parse.urlencode({"dag_id": DAG_ID, "run_id": run_id, "task_id": "infer", "order_by": "id"})
-    events = [entry["event"] for entry in stack.api("GET", f"api/v2/eventLogs?{query}")["event_logs"]]
-    assert events == ["running", "deferred", "running", "success"]
+    if AIRFLOW_VERSION >= (3, 3):  # earlier releases do not record task state changes in the audit log
+        # The audit log records each state change of `infer`: deferred in between two runs.
+        query = urllib.parse.urlencode({"dag_id": DAG_ID, "run_id": run_id, "task_id": "infer", "order_by": "id"})
+        events = [entry["event"] for entry in stack.api("GET", f"api/v2/eventLogs?{query}")["event_logs"]]
+        assert events == ["running", "deferred", "running", "success"]
 
     xcoms = f"{run_path}/taskInstances/{{}}/xcomEntries/{{}}"
     call_id = stack.api("GET", xcoms.format("infer", "call_id"))["value"]
@@ -128,6 +129,9 @@ def test_deferrable_example_succeeds_with_the_trigger_in_the_triggerer(
     assert_no_secret(stack.home)
 
 
+@pytest.mark.skipif(
+    AIRFLOW_VERSION < (3, 3), reason="before 3.3, marking a deferred task failed does not call its trigger's on_kill"
+)
 def test_marking_a_deferred_task_failed_stops_its_trigger_with_on_kill(
     components: AirflowComponents, server: DevServer
 ) -> None:
