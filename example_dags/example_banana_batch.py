@@ -1,10 +1,11 @@
 """
 Run a list of inputs through Banana from one task, at most ``max_in_flight`` calls at a time.
 
-Use it instead of ``.expand()`` when the list is long (thousands of inputs: mapping is capped by
-``[core] max_map_length``, 1,024 by default, and every mapped instance costs the scheduler a task,
-a worker start and a trigger). The task returns one entry per input, in input order: that call's
-``modelOutputs`` list, or ``None`` for an input that failed under ``on_item_failure="skip"``.
+Use it instead of ``.expand()`` for more than a few dozen inputs: mapping is capped by
+``[core] max_map_length`` (1,024 by default), and every mapped instance costs the scheduler a task
+instance, two worker starts (the Start, then the resume after its trigger) and a trigger. The task
+returns one entry per input, in input order: that call's ``modelOutputs`` list, or ``None`` for an
+input that failed under ``on_item_failure="skip"``.
 
 With ``deferrable=True`` the worker follows the calls itself while they keep ending within
 ``defer_after`` seconds (5 by default), and hands them to the triggerer once they take longer.
