@@ -226,7 +226,9 @@ class TestBatchDags:
         logs = "".join(capfd.readouterr())
         assert "Banana batch did not finish within 3 s" in logs
         assert "item 4: call_" in logs
-        assert server.stats()["starts_taken"] == 8
+        # No input started twice; how many of the 30 s ones started before the deadline depends on
+        # how fast dag.test() resumes the task (slower on Airflow 3.1).
+        assert 5 <= server.stats()["starts_taken"] <= 8
 
 
 class TestBadBatchArguments:
