@@ -68,7 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.common import fmt_ratio, load_average, machine, print_table, raise_fd_limit
+from benchmarks.common import fmt_ratio, load_average, machine, print_table, proc_status_kib, raise_fd_limit
 from tests.components import AirflowComponents, airflow_env, free_port, log_records, started
 
 SCENARIOS = ("batch", "batch-via-triggerer", "batch-in-worker", "mapped")
@@ -175,7 +175,8 @@ class ProcessSampler:
             with contextlib.suppress(psutil.NoSuchProcess):
                 root = psutil.Process(process.pid)
                 for member in [root, *root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error, OSError):  # the process ended meanwhile
+                    # The process ended meanwhile (a zombie's status has no VmHWM: KeyError).
+                    with contextlib.suppress(psutil.Error, OSError, KeyError):
                         sums[group] = sums.get(group, 0) + _pss_kib(member.pid)
                         times = member.cpu_times()
                         self.cpu[(member.pid, member.create_time())] = times.user + times.system
@@ -183,7 +184,7 @@ class ProcessSampler:
                         # a LocalExecutor worker, has "LocalExecutor: " before the id.
                         title = " ".join(member.cmdline())
                         if "airflow worker -- " in title and "LocalExecutor" not in title:
-                            self.largest_task_kib = max(self.largest_task_kib, _status_kib(member.pid, "VmHWM"))
+                            self.largest_task_kib = max(self.largest_task_kib, proc_status_kib(member.pid, "VmHWM"))
         return sums
 
     def cpu_seconds(self) -> float:
@@ -213,13 +214,6 @@ class ProcessSampler:
 def _pss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _status_kib(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
             return int(line.split()[1])
     return 0
 
