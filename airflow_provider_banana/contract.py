@@ -21,16 +21,18 @@ itself. It covers:
 
 from __future__ import annotations
 
+import decimal
 import enum
 import json
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_banana.exceptions import (
@@ -41,10 +43,12 @@ from airflow_provider_banana.exceptions import (
     BananaError,
     BananaHTTPError,
     BananaProtocolError,
+    BananaReplyTooLargeError,
     BananaResponseLostError,
     BananaTimeoutError,
     BananaTransportError,
 )
+from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
     import tenacity
@@ -58,6 +62,20 @@ _PATHS = {START: "start/v4/", CHECK: "check/v4/"}
 DEFAULT_TIMEOUT = 3600.0
 #: Default pause between Checks when long polling is off, or after a quick answer.
 DEFAULT_POLL_INTERVAL = 5.0
+
+#: The longest duration any argument or setting takes, in seconds (30 days): past it a value is a
+#: mistake (``1e300``), and it would overflow the clocks and sockets it is handed to.
+MAX_SECONDS = 30 * 24 * 3600.0
+#: The shortest ``poll_interval``: at most four Checks a second for one call, whatever the server does.
+MIN_POLL_INTERVAL = 0.25
+#: Default largest reply body, after decompression: real image outputs fit, a runaway body does not.
+DEFAULT_MAX_REPLY_BYTES = 64 * 1024 * 1024
+#: The smallest ``max_reply_bytes`` accepted: any Banana reply at all needs a few hundred bytes.
+MIN_MAX_REPLY_BYTES = 1024
+#: The longest callID accepted: it is stored in trigger kwargs, XCom and task state (v4 ids are 41).
+MAX_CALL_ID_LENGTH = 512
+#: The longest text of a reply kept in an exception or event (Banana's own messages are short).
+MAX_MESSAGE_LENGTH = 2000
 
 _MAX_DETAIL = 300
 
@@ -78,8 +96,9 @@ class BananaResult:
     :param finished: whether the call is done and ``model_outputs`` holds its result.
     :param model_outputs: the ``modelOutputs`` list when finished (its one element is the
         model's JSON reply, which may itself be a list), else ``None``.
-    :param message: Banana's ``message``, verbatim (may be ``""``).
+    :param message: Banana's ``message`` (may be ``""``), the key masked.
     :param api_version: Banana's free-form ``apiVersion`` label, for logs only.
+    :param non_finite: where NaN or Infinity stand in ``model_outputs`` (see :func:`non_finite_paths`).
     """
 
     call_id: str | None
@@ -87,6 +106,7 @@ class BananaResult:
     model_outputs: list[Any] | None
     message: str
     api_version: str | None
+    non_finite: tuple[str, ...] = ()
 
     @property
     def state(self) -> CallState:
@@ -119,15 +139,34 @@ def validate_base_url(base_url: str | None) -> str:
     """
     Return the base URL with a trailing slash, defaulting to Banana's public API.
 
+    Every problem is found here, before any request: a URL the HTTP library would refuse later
+    would otherwise read as a Start that "may have been billed" though nothing was sent.
+
     :param base_url: the connection's host, e.g. ``https://api.banana.dev/`` or ``http://127.0.0.1:8000``.
-    :raises BananaConfigError: a URL without an http(s) scheme or host.
+    :raises BananaConfigError: no http(s) scheme, no host, a bad port, credentials, a query or a
+        fragment, or spaces and control characters. Credentials are never echoed.
     """
     url = (base_url or "").strip() or DEFAULT_BASE_URL
+    if any(not char.isprintable() or char.isspace() for char in url):
+        raise BananaConfigError("The Banana connection's host must not contain spaces or control characters")
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise BananaConfigError(
+            "The Banana connection's host must not carry credentials (user:password@): the API key goes in "
+            "the connection's password, and a URL's credentials would be sent to the server and logged"
+        )
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BananaConfigError(
             f"The Banana connection's host must be a URL with http:// or https://, got {url!r} "
             f"(for example {DEFAULT_BASE_URL!r} or 'http://127.0.0.1:8000/')"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or not parts.hostname:
+        raise BananaConfigError(
+            f"The Banana connection's host {url!r} has no valid host name or port (a port is a number from 1 to 65535)"
         )
     if parts.query or parts.fragment:
         raise BananaConfigError(f"The Banana base URL must not have a query or fragment, got {url!r}")
@@ -194,23 +233,90 @@ def validate_call_id(call_id: Any) -> str:
     return call_id.strip()
 
 
-def validate_positive(name: str, value: Any, *, zero_ok: bool = False) -> float:
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def validate_seconds(
+    name: str, value: Any, *, zero_ok: bool = False, minimum: float | None = None, maximum: float = MAX_SECONDS
+) -> float:
     """
-    Return ``value`` as a float, or raise if it is not a positive finite number.
+    Return ``value`` as a float of seconds, or raise naming the argument and the bound it broke.
+
+    The one check of every duration the provider takes: a number (not a bool), finite, positive
+    (or zero with ``zero_ok``), at least ``minimum`` and at most ``maximum``.
 
     :param name: the argument's name, for the message.
     :param value: the number to check.
     :param zero_ok: accept 0 too.
-    :raises BananaConfigError: zero (unless ``zero_ok``), negative, not finite, or not a number.
+    :param minimum: the least value accepted, when there is a floor above zero.
+    :param maximum: the largest value accepted (default :data:`MAX_SECONDS`).
+    :raises BananaConfigError: anything else.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        ok = False
-    else:
-        ok = value >= 0 if zero_ok else value > 0
-    if not ok:
+    if not _is_number(value) or value < 0 or (value == 0 and not zero_ok):
         what = "zero or a positive" if zero_ok else "a positive"
         raise BananaConfigError(f"{name} must be {what} number of seconds, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise BananaConfigError(f"{name} must be at least {minimum:g} s, got {value!r}")
+    if value > maximum:
+        raise BananaConfigError(f"{name} must be at most {maximum:g} s, got {value!r}")
     return float(value)
+
+
+def validate_poll_interval(value: Any, name: str = "poll_interval") -> float:
+    """
+    Return a ``poll_interval``, or raise if it is below :data:`MIN_POLL_INTERVAL` (or not seconds).
+
+    The floor protects the server: a call is never Checked more than a few times a second, whatever
+    the server answers and however the argument was set.
+
+    :param value: the least seconds between the starts of two Checks of one call.
+    :param name: the argument's name, for the message.
+    :raises BananaConfigError: not a number of seconds, or below the floor.
+    """
+    return validate_seconds(name, value, minimum=MIN_POLL_INTERVAL)
+
+
+#: The name the provider's seconds check had first; kept for callers that import it.
+validate_positive = validate_seconds
+
+
+def validate_count(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """
+    Return ``value`` as an int, or raise naming the argument and the bound it broke.
+
+    :param name: the argument's name, for the message.
+    :param value: the count to check: an int (not a bool), or a float with no fraction.
+    :param minimum: the least value accepted.
+    :param maximum: the largest value accepted, if any.
+    :raises BananaConfigError: anything else.
+    """
+    if isinstance(value, float) and _is_number(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BananaConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise BananaConfigError(f"{name} must be at most {maximum}, got {value!r}")
+    return value
+
+
+def number_from_extra(name: str, value: Any) -> Any:
+    """
+    Return a connection extra's value, with a number written as a string read as a number.
+
+    A connection given as a URI can only carry strings in its extra (``?check_hold=120``), so
+    ``"120"`` and ``"1.5"`` stand for their numbers; anything else is left for the validators.
+
+    :param name: the extra's key, for the message.
+    :param value: its value.
+    :raises BananaConfigError: a string that is not a number.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise BananaConfigError(f"The connection extra {name!r} must be a number, got {value!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -273,37 +379,72 @@ class BananaTimeouts:
     connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("start_hold", "check_hold", "read_margin", "quick_read", "connect_timeout"):
-            validate_positive(name, getattr(self, name))
+        for name in _TIMEOUT_FIELDS:
+            validate_seconds(name, getattr(self, name))
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any]) -> BananaTimeouts:
         """
         Return the timeouts a connection's extra sets, defaults elsewhere.
 
-        :param extra: the connection's extra, as a dict.
-        :raises BananaConfigError: a value that is not a positive number.
+        :param extra: the connection's extra, as a dict; numbers may be strings (a URI connection's are).
+        :raises BananaConfigError: a value that is not a positive number of seconds, or is absurdly large.
         """
-        names = ("start_hold", "check_hold", "read_margin", "quick_read", "connect_timeout")
-        return cls(**{name: extra[name] for name in names if extra.get(name) is not None})
+        return cls(
+            **{name: number_from_extra(name, extra[name]) for name in _TIMEOUT_FIELDS if extra.get(name) is not None}
+        )
 
-    def for_request(self, endpoint: str, *, waits: bool, remaining: float | None = None) -> tuple[float, float]:
+    def for_request(self, endpoint: str, *, waits: bool, remaining: float | None = None) -> RequestBudget:
         """
-        Return the ``(connect, read)`` timeouts of one request.
+        Return the time one request may take: to connect, and in all, from sending to the last byte.
+
+        The whole-request limit is the point: a server that trickles one byte a second satisfies
+        any per-read timeout forever, so the I/O layers hold a request to ``total`` however the
+        bytes arrive.
 
         :param endpoint: :data:`START` or :data:`CHECK`.
         :param waits: the server may hold the request (a Start without startOnly, a long-poll Check).
-        :param remaining: seconds left before the caller's deadline. A Check's read timeout is cut to
-            it, since nothing is lost by abandoning a Check; a Start's never is, since its answer
+        :param remaining: seconds left before the caller's deadline. A Check's limits are cut to it,
+            since nothing is lost by abandoning a Check; a Start's never are, since its answer
             carries the only copy of the callID of a call already billed.
         """
         if not waits:
-            read = self.quick_read
+            total = self.quick_read
         else:
-            read = (self.start_hold if endpoint == START else self.check_hold) + self.read_margin
+            total = (self.start_hold if endpoint == START else self.check_hold) + self.read_margin
+        connect = self.connect_timeout
         if endpoint == CHECK and remaining is not None:
-            read = max(min(read, remaining), 0.1)
-        return self.connect_timeout, read
+            total = max(min(total, remaining), 0.1)
+            connect = min(connect, total)
+        return RequestBudget(connect=connect, total=total)
+
+
+_TIMEOUT_FIELDS = ("start_hold", "check_hold", "read_margin", "quick_read", "connect_timeout")
+
+
+class RequestBudget(NamedTuple):
+    """
+    The time limits of one request, as :meth:`BananaTimeouts.for_request` sets them.
+
+    :param connect: seconds to open a connection.
+    :param total: seconds from sending the request to the last byte of its answer.
+    """
+
+    connect: float
+    total: float
+
+
+def max_reply_bytes_from_extra(extra: Mapping[str, Any]) -> int:
+    """
+    Return the largest reply body a connection accepts, after decompression, in bytes.
+
+    :param extra: the connection's extra; ``max_reply_bytes`` may be a number or a string.
+    :raises BananaConfigError: not a whole number of at least :data:`MIN_MAX_REPLY_BYTES`.
+    """
+    value = extra.get("max_reply_bytes")
+    if value is None:
+        return DEFAULT_MAX_REPLY_BYTES
+    return validate_count("max_reply_bytes", number_from_extra("max_reply_bytes", value), minimum=MIN_MAX_REPLY_BYTES)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +471,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             when = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
+        except Exception:  # a hostile header may break the date parser in any way: ignore it
             return None
         seconds = when - (time.time() if now is None else now)
     return max(seconds, 0.0) if math.isfinite(seconds) else None
@@ -367,103 +508,284 @@ def _normalise_outputs(outputs: Any) -> list[Any]:
     return outputs if isinstance(outputs, list) else [outputs]
 
 
+#: Python refuses to turn longer digit strings into ints (CVE-2020-10735's guard, 4300 digits).
+_INT_DIGITS_GUARD = 4000
+
+
+def _parse_int(digits: str) -> int:
+    # A model may answer with a number of thousands of digits; int() refuses that from a string,
+    # and a paid result must not become "not JSON". Decimal converts without the guard, exactly.
+    return int(digits) if len(digits) < _INT_DIGITS_GUARD else int(decimal.Decimal(digits))
+
+
+def _load_json(content: bytes) -> Any:
+    # Bytes, not text: json detects UTF-8/16/32 and skips a byte-order mark (RFC 8259 allows one);
+    # invalid UTF-8 is an error rather than U+FFFD silently written into a result.
+    return json.loads(content, parse_int=_parse_int)
+
+
+def non_finite_paths(outputs: Any, *, limit: int = 10) -> list[str]:
+    """
+    Return where NaN or Infinity stand in a JSON value, as paths like ``[0]["scores"][3]``.
+
+    JSON has no such numbers, but Python's parser reads ``NaN``, ``Infinity`` and ``1e400`` as them,
+    and Airflow's XCom stores them as null: the caller warns instead of letting that pass in silence.
+    Iterative, so that deep outputs cannot exhaust the stack.
+
+    :param outputs: the parsed ``modelOutputs``.
+    :param limit: most paths to return.
+    """
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", outputs)]
+    while stack and len(found) < limit:
+        path, value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                found.append(path or "(the whole value)")
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}[{json.dumps(key)}]", item) for key, item in reversed(list(value.items())))
+    return found
+
+
+def redirect_target(location: str | None, url: str) -> str:
+    """
+    Return the host a redirect points to, for an error text: never its credentials, path or query.
+
+    :param location: the ``Location`` header, if any.
+    :param url: the URL of the request that was redirected (a relative ``Location`` is under it).
+    """
+    if not location:
+        return "(no Location given)"
+    try:
+        parts = urlsplit(urljoin(url, location.strip()))
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(an unreadable Location)"
+    if not host:
+        return "(a Location without a host)"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def reply_too_large(endpoint: str, limit: int, *, call_id: str | None = None) -> BananaReplyTooLargeError:
+    """
+    Return the error for a reply whose body, decompressed, passed ``max_reply_bytes``.
+
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param limit: the limit, in bytes.
+    :param call_id: the call a Check was about.
+    """
+    text = (
+        f"the reply is larger than max_reply_bytes ({_size(limit)}), so it was not read to the end; "
+        "if the model's outputs really are that large, raise 'max_reply_bytes' in the connection's extra"
+    )
+    if endpoint == START:
+        text += "; the Start may have been taken and billed, so it is not sent again"
+    return BananaReplyTooLargeError(text, endpoint=endpoint, call_id=call_id, limit=limit)
+
+
+def undecodable_reply(endpoint: str, detail: str, *, call_id: str | None = None) -> BananaProtocolError:
+    """
+    Return the error for a reply whose ``Content-Encoding`` (gzip, deflate ...) could not be undone.
+
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param detail: the HTTP library's words.
+    :param call_id: the call a Check was about.
+    """
+    text = f"the reply's compressed body could not be decoded ({_shorten(detail)})"
+    if endpoint == START:
+        text += "; the Start may have been taken and billed, so it is not sent again"
+    return BananaProtocolError(text, endpoint=endpoint, call_id=call_id)
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
 def parse_reply(
     endpoint: str,
     status_code: int,
     content: bytes | str,
     *,
     retry_after: str | None = None,
+    location: str | None = None,
+    url: str = "",
     call_id: str | None = None,
     secret: str | None = None,
+    redactor: Redactor | None = None,
+    truncated: bool = False,
 ) -> BananaResult:
     """
     Parse and classify one reply with the decision table of BANANA_API.md.
+
+    The body is parsed exactly as sent: the key is masked in the texts that leave (messages, error
+    details), never in the body, so ``modelOutputs`` are the server's, byte for byte.
 
     :param endpoint: :data:`START` or :data:`CHECK`.
     :param status_code: the HTTP status.
     :param content: the raw body.
     :param retry_after: the ``Retry-After`` header, if any.
+    :param location: the ``Location`` header, if any (named in the error of a redirect).
+    :param url: the URL the request went to (a relative ``Location`` is under it).
     :param call_id: for a Check, the call asked about.
-    :param secret: the API key, scrubbed from the body before any of it reaches a result or an
-        exception text, in case a server echoes it.
+    :param secret: the API key, masked in every text taken from the reply (or give ``redactor``).
+    :param redactor: a :class:`Redactor` of the key, made once by the caller.
+    :param truncated: ``content`` is only the start of the body (an error reply is read no further
+        than its message needs).
     :return: the result of a call that is running or finished.
-    :raises BananaHTTPError: a status other than 200 (rule 1).
+    :raises BananaHTTPError: a status other than 200 (rule 1), a redirect included: redirects are
+        never followed, since the body they would re-send carries the key.
     :raises BananaProtocolError: a body that is not a JSON object with a string ``message`` (rule 2),
-        or a Start that neither finished nor gave a callID.
+        a Start that neither finished nor gave a usable callID, or a Check answered for another call.
     :raises BananaCallError: "error" in ``message`` (rule 3); :class:`BananaCallNotFoundError` for an
         unknown or expired call.
     """
-    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
-    if secret and secret in text:
-        text = text.replace(secret, "***")
+    redact = redactor or Redactor(secret)
+    raw = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
     if status_code != 200:
-        detail = f"HTTP {status_code}"
-        body_message = _message_of(text)
-        if body_message:
-            detail += f": {_shorten(body_message)}"
-        elif text.strip():
-            detail += f": {_shorten(text)}"
-        raise BananaHTTPError(
-            detail,
-            endpoint=endpoint,
-            status_code=status_code,
-            call_id=call_id,
-            retry_after=parse_retry_after(retry_after),
-        )
+        raise _http_error(endpoint, status_code, raw, redact, retry_after, location, url, call_id, truncated)
     try:
-        body = json.loads(text)
-    except ValueError:
-        raise BananaProtocolError(
-            f"the reply is not JSON: {_shorten(text) or '(empty body)'}",
-            endpoint=endpoint,
-            call_id=call_id,
-            status_code=status_code,
-        ) from None
+        body = _load_json(raw)
+    except (ValueError, RecursionError) as e:
+        what = "too deeply nested" if isinstance(e, RecursionError) else "not JSON"
+        excerpt = _excerpt(raw, redact, truncated=truncated) or "(empty body)"
+        raise _protocol_error(endpoint, f"the reply is {what}: {excerpt}", call_id) from None
     if not isinstance(body, dict):
-        raise BananaProtocolError(
-            f"the reply is JSON {type(body).__name__}, not an object",
-            endpoint=endpoint,
-            call_id=call_id,
-            status_code=status_code,
-        )
+        raise _protocol_error(endpoint, f"the reply is JSON {type(body).__name__}, not an object", call_id)
     message = body.get("message")
     if not isinstance(message, str):
-        raise BananaProtocolError(
-            "the reply has no string 'message'",
-            endpoint=endpoint,
-            call_id=call_id,
-            status_code=status_code,
-        )
+        raise _protocol_error(endpoint, "the reply has no string 'message'", call_id)
     reply_call_id = body.get("callID")
-    if isinstance(reply_call_id, str) and reply_call_id:
+    if endpoint == CHECK:
+        if reply_call_id not in (None, "", call_id):
+            shown = _text(str(reply_call_id), redact, 80)
+            raise _protocol_error(
+                endpoint,
+                f"the reply is about another call ({shown!r}); a proxy or the server mixed up answers",
+                call_id,
+            )
+    elif isinstance(reply_call_id, str) and reply_call_id:
+        _check_call_id(reply_call_id, redact)
         call_id = reply_call_id
     api_version = body.get("apiVersion")
-    api_version = api_version if isinstance(api_version, str) else None
+    api_version = _text(api_version, redact, 80) if isinstance(api_version, str) else None
     if is_error_message(message):
-        raise call_error(message, call_id)
+        raise call_error(_text(message, redact), call_id)
     if endpoint == START:
         finished = body.get("finished") is True
         if not finished and not call_id:
-            raise BananaProtocolError(
-                "Start reply neither finished nor gave a callID, so the call cannot be followed",
-                endpoint=endpoint,
-                status_code=status_code,
-            )
+            raise _protocol_error(endpoint, "the Start reply neither finished nor gave a callID to follow", None)
     else:
         finished = message.strip().lower() == "success"
+    outputs = _normalise_outputs(body.get("modelOutputs")) if finished else None
     return BananaResult(
         call_id=call_id or None,
         finished=finished,
-        model_outputs=_normalise_outputs(body.get("modelOutputs")) if finished else None,
-        message=message,
+        model_outputs=outputs,
+        message=_text(message, redact),
         api_version=api_version,
+        non_finite=tuple(non_finite_paths(outputs)) if outputs else (),
     )
 
 
-def _message_of(text: str) -> str | None:
+def _check_call_id(call_id: str, redact: Redactor) -> None:
+    # The callID goes into trigger kwargs, XCom and task state, all stored in plain text.
+    problem = None
+    if len(call_id) > MAX_CALL_ID_LENGTH:
+        problem = f"is {len(call_id)} characters long (at most {MAX_CALL_ID_LENGTH} are accepted)"
+    elif not call_id.isprintable():
+        problem = "holds control characters"
+    elif redact.call_id_leaks(call_id):
+        problem = "contains the API key (the server echoes the request)"
+    if problem:
+        raise _protocol_error(START, f"the reply's callID {problem}", None)
+
+
+def _protocol_error(endpoint: str, text: str, call_id: str | None) -> BananaProtocolError:
+    if endpoint == START:
+        text += "; the Start may have been taken and billed, so it is not sent again"
+    return BananaProtocolError(text, endpoint=endpoint, call_id=call_id, status_code=200)
+
+
+def _http_error(
+    endpoint: str,
+    status_code: int,
+    raw: bytes,
+    redact: Redactor,
+    retry_after: str | None,
+    location: str | None,
+    url: str,
+    call_id: str | None,
+    truncated: bool,
+) -> BananaHTTPError:
+    detail = f"HTTP {status_code}"
+    if 300 <= status_code < 400:
+        target = redact(redirect_target(location, url))
+        detail += (
+            f": a redirect to {target}, not followed (the request body carries the API key, and a "
+            "redirected POST may lose it or its answer); set the connection's host to the URL that answers"
+        )
+    else:
+        body_message = _message_of(raw)
+        if body_message:
+            detail += f": {_shorten(_text(body_message, redact))}"
+        else:
+            excerpt = _excerpt(raw, redact, truncated=truncated)
+            detail += f": {excerpt}" if excerpt else ""
+    return BananaHTTPError(
+        detail,
+        endpoint=endpoint,
+        status_code=status_code,
+        call_id=call_id,
+        retry_after=parse_retry_after(retry_after),
+    )
+
+
+#: The most of a body looked at for an error's excerpt.
+_EXCERPT_WINDOW = 64 * 1024
+
+
+_LAST_RUN = re.compile(r"\s\S*\Z")
+
+
+def _cut(text: str, length: int) -> str:
+    # The cut may fall inside the key (in some encoding): a key has no whitespace, so dropping the
+    # last run of non-space characters drops any part of it that the cut left.
+    text = text[:length]
+    if not text[-1:].strip():
+        return text
+    last_run = _LAST_RUN.search(text)
+    return text[: last_run.start()] if last_run else ""
+
+
+def _excerpt(raw: bytes, redact: Redactor, *, truncated: bool = False) -> str:
+    text = raw[:_EXCERPT_WINDOW].decode("utf-8", "replace")
+    if truncated or len(raw) > _EXCERPT_WINDOW:
+        text = _cut(text, len(text))
+    # Masked before it is shortened, so that shortening cannot leave part of the key behind a mask.
+    return _shorten(redact(text))
+
+
+def _text(text: str, redact: Redactor, length: int = MAX_MESSAGE_LENGTH) -> str:
+    # A server's text bound for an exception, a log line or an event: bounded first (masking a
+    # megabyte of text is work a server should not be able to make us do at every Check), masked,
+    # then clipped.
+    if len(text) > 4 * length:
+        text = _cut(text, 4 * length)
+    text = redact(text)
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
+def _message_of(raw: bytes) -> str | None:
     try:
-        body = json.loads(text)
-    except ValueError:
+        body = _load_json(raw)
+    except (ValueError, RecursionError):
         return None
     message = body.get("message") if isinstance(body, dict) else None
     return message if isinstance(message, str) else None
@@ -482,8 +804,8 @@ class TransportFailure(enum.Enum):
     CONNECT_TIMEOUT = "timed out connecting"
     #: No free connection in the client's own pool: nothing was sent.
     POOL_TIMEOUT = "timed out waiting for a free connection"
-    #: Sent, and no answer within the read timeout.
-    READ_TIMEOUT = "sent, but no answer within the read timeout"
+    #: Sent, and no whole answer within the request's time (however slowly the bytes came).
+    READ_TIMEOUT = "sent, but no whole answer within the request's time limit"
     #: Sent, and the connection broke before the whole answer arrived.
     CONNECTION_LOST = "sent, but the connection broke before the whole answer arrived"
     #: Anything else: assume the request may have been taken.
@@ -494,22 +816,71 @@ _NOT_SENT = {TransportFailure.CONNECT, TransportFailure.CONNECT_TIMEOUT, Transpo
 
 
 def transport_error(
-    failure: TransportFailure, *, endpoint: str, detail: str = "", call_id: str | None = None
+    failure: TransportFailure,
+    *,
+    endpoint: str,
+    detail: str = "",
+    call_id: str | None = None,
+    redactor: Redactor | None = None,
 ) -> BananaTransportError:
     """
     Return our exception for a transport failure.
 
     :param failure: what the I/O layer saw.
     :param endpoint: :data:`START` or :data:`CHECK`.
-    :param detail: the library's own words (never containing the request body, so never the key).
+    :param detail: the library's own words. They may quote bytes the server sent (a malformed
+        header line, say), so the key is masked in them.
     :param call_id: the call a Check was about.
+    :param redactor: masks the key in ``detail``.
     """
+    if detail and redactor is not None:
+        detail = redactor(detail)
     text = failure.value + (f" ({_shorten(detail)})" if detail else "")
     if failure in _NOT_SENT:
         return BananaConnectError(text, endpoint=endpoint, call_id=call_id)
     if endpoint == START:
         text += "; the Start may have been taken and billed, so it is not sent again"
     return BananaResponseLostError(text, endpoint=endpoint, call_id=call_id)
+
+
+def unusable_url(detail: str, *, redactor: Redactor | None = None) -> BananaConfigError:
+    """
+    Return the error for a base URL that the HTTP library refused before sending anything.
+
+    :func:`validate_base_url` rejects what it can see; this covers what only the library knows
+    (an unencodable host name, say). Nothing was sent, so nothing was billed.
+
+    :param detail: the library's own words.
+    :param redactor: masks the key in ``detail``.
+    """
+    if redactor is not None:
+        detail = redactor(detail)
+    return BananaConfigError(
+        f"The Banana connection's host is not a URL the HTTP client can use ({_shorten(detail)}); nothing was sent"
+    )
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def unexpected_transport_error(
+    error: BaseException, *, endpoint: str, call_id: str | None = None, redactor: Redactor | None = None
+) -> BananaTransportError:
+    """
+    Return our exception for anything else the HTTP library raised while sending or reading.
+
+    The provider raises only its own errors, and not knowing what happened means the request may
+    have been taken: a Start is reported as possibly billed, never sent again.
+
+    :param error: what the library raised.
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param call_id: the call a Check was about.
+    :param redactor: masks the key in the library's words.
+    """
+    return transport_error(
+        TransportFailure.OTHER, endpoint=endpoint, detail=_describe(error), call_id=call_id, redactor=redactor
+    )
 
 
 #: HTTP statuses that prove a Start was refused before processing, so it may be sent again.
@@ -530,6 +901,8 @@ def is_retryable(error: BaseException, endpoint: str) -> bool:
     """
     if isinstance(error, BananaConnectError):
         return True
+    if isinstance(error, BananaReplyTooLargeError):  # the same request would bring the same reply
+        return False
     if isinstance(error, BananaHTTPError):
         status = error.status_code or 0
         if endpoint == START:
@@ -683,8 +1056,8 @@ class CallWaiter:
         :param poll_interval: least seconds between the starts of two Checks.
         :raises BananaConfigError: a bad timeout or poll interval.
         """
-        timeout = validate_positive("timeout", timeout)
-        poll_interval = validate_positive("poll_interval", poll_interval)
+        timeout = validate_seconds("timeout", timeout)
+        poll_interval = validate_poll_interval(poll_interval)
         started_at = time.time() if started_at is None else started_at
         return cls(
             call_id=call_id,
@@ -818,20 +1191,26 @@ def success_event(call_id: str, model_outputs: list[Any], message: str = "succes
     }
 
 
-def error_event(call_id: str, error: BaseException) -> dict[str, Any]:
+def error_event(call_id: str, error: BaseException, *, redactor: Redactor | None = None) -> dict[str, Any]:
     """
     Return the payload that reports ``error`` raised while waiting for a call.
 
+    The payload is stored in Airflow's database: its message has the key masked.
+
     :param call_id: the call.
     :param error: a failed call (``failed``), our deadline (``timeout``), or anything else (``error``).
+    :param redactor: masks the key in the message (our exceptions mask it already; this covers any other).
     """
+    redact = redactor or Redactor(None)
     payload: dict[str, Any] = {"call_id": call_id, "model_outputs": None}
     if isinstance(error, BananaCallError):
-        payload.update(status=EventStatus.FAILED.value, message=error.message)
+        payload.update(status=EventStatus.FAILED.value, message=redact(error.message))
     elif isinstance(error, BananaTimeoutError):
-        payload.update(status=EventStatus.TIMEOUT.value, message=error.last_message or "", timeout=error.timeout)
+        payload.update(
+            status=EventStatus.TIMEOUT.value, message=redact(error.last_message or ""), timeout=error.timeout
+        )
     else:
-        payload.update(status=EventStatus.ERROR.value, message=f"{type(error).__name__}: {error}")
+        payload.update(status=EventStatus.ERROR.value, message=redact(_describe(error)))
     return payload
 
 

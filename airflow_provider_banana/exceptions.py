@@ -17,8 +17,10 @@ The tree::
         └── BananaTransportError           the exchange failed; says nothing about the call (endpoint, request_sent)
             ├── BananaConnectError         never reached the server: the request was not taken
             ├── BananaResponseLostError    the request was sent, its answer lost (read timeout, dropped connection)
-            ├── BananaHTTPError            an HTTP status other than 200 (status_code, retry_after)
-            └── BananaProtocolError        HTTP 200 whose body is not a Banana reply (not JSON, no message)
+            ├── BananaHTTPError            an HTTP status other than 200, redirects included (status_code, retry_after)
+            └── BananaProtocolError        HTTP 200 whose body is not a Banana reply (not JSON, no message,
+                │                          another call's answer)
+                └── BananaReplyTooLargeError  the body passed max_reply_bytes (limit); never retried
 
 ``BananaCallError`` means "the inference failed" and is never retried as if it
 were transport trouble; ``BananaTransportError`` means "we could not talk to
@@ -37,6 +39,7 @@ __all__ = [
     "BananaError",
     "BananaHTTPError",
     "BananaProtocolError",
+    "BananaReplyTooLargeError",
     "BananaResponseLostError",
     "BananaTimeoutError",
     "BananaTransportError",
@@ -44,7 +47,16 @@ __all__ = [
 
 
 class BananaError(AirflowException):
-    """Base class of every error this provider raises."""
+    """
+    Base class of every error this provider raises.
+
+    Pickling keeps every attribute (Airflow pickles exceptions across processes), for every
+    subclass alike: the text and the structured fields are restored as they were, and no
+    ``__init__`` runs again.
+    """
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class BananaConfigError(BananaError, ValueError):
@@ -68,9 +80,6 @@ class BananaCallError(BananaError):
         self.message = message
         where = f"Banana call {call_id}" if call_id else "Banana call"
         super().__init__(f"{where} failed: {message}")
-
-    def __reduce__(self):  # keep pickling (and so Airflow's error handling) lossless
-        return (_rebuild, (type(self), (self.message,), {"call_id": self.call_id}))
 
 
 class BananaCallNotFoundError(BananaCallError):
@@ -97,9 +106,6 @@ class BananaTimeoutError(BananaError):
             f"Banana call {call_id} did not finish within {timeout:g} s{status}; "
             "Banana v4 cannot cancel it, so it may still run and be billed"
         )
-
-    def __reduce__(self):
-        return (_rebuild, (type(self), (self.call_id, self.timeout, self.last_message), {}))
 
 
 class BananaTransportError(BananaError):
@@ -135,15 +141,6 @@ class BananaTransportError(BananaError):
         about = f" for call {call_id}" if call_id else ""
         super().__init__(f"Banana {endpoint}{about}: {detail}")
 
-    def __reduce__(self):
-        kwargs = {
-            "endpoint": self.endpoint,
-            "call_id": self.call_id,
-            "status_code": self.status_code,
-            "request_sent": self.request_sent,
-        }
-        return (_rebuild, (type(self), (self.detail,), kwargs))
-
 
 class BananaConnectError(BananaTransportError):
     """Report that the server was never reached, so the request was provably not taken."""
@@ -176,19 +173,27 @@ class BananaHTTPError(BananaTransportError):
         self.retry_after = retry_after
         super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=status_code)
 
-    def __reduce__(self):
-        kwargs = {
-            "endpoint": self.endpoint,
-            "status_code": self.status_code,
-            "call_id": self.call_id,
-            "retry_after": self.retry_after,
-        }
-        return (_rebuild, (type(self), (self.detail,), kwargs))
-
 
 class BananaProtocolError(BananaTransportError):
     """Report an HTTP 200 whose body is not a Banana reply (not a JSON object, or no string ``message``)."""
 
 
-def _rebuild(cls, args, kwargs):
-    return cls(*args, **kwargs)
+class BananaReplyTooLargeError(BananaProtocolError):
+    """
+    Report a reply body that passed ``max_reply_bytes`` (after decompression); reading stopped there.
+
+    The same request would bring the same reply, so it is never retried.
+
+    :param limit: the limit, in bytes.
+    """
+
+    def __init__(self, detail: str, *, endpoint: str, call_id: str | None = None, limit: int) -> None:
+        self.limit = limit
+        super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=200)
+
+
+def _rebuild(cls, args, state):
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -19,7 +20,12 @@ from typing import Any, cast
 
 import pytest
 import requests
+from starlette.testclient import TestClient
 
+from airflow_provider_banana.devserver import cli
+from airflow_provider_banana.devserver.app import create_app
+from airflow_provider_banana.devserver.config import ADMIN_TOKEN_ENV_VAR, DevServerConfig, admin_mode
+from airflow_provider_banana.devserver.service import BananaService
 from airflow_provider_banana.devserver.testing import DevServer, DevServerError
 
 pytestmark = pytest.mark.timeout(60)
@@ -28,6 +34,16 @@ API_KEY = "devserver-test-key-" + uuid.uuid4().hex
 REPLY_KEYS = {"id", "message", "created", "apiVersion", "callID", "finished", "modelOutputs"}
 CHECK_KEYS = {"id", "message", "created", "apiVersion", "modelOutputs"}
 MISSING = "inference server error: taskID does not exist: task_"
+ADMIN_TOKEN = "devserver-admin-token-" + uuid.uuid4().hex
+ADMIN_PATHS = [
+    ("GET", "stats"),
+    ("POST", "reset"),
+    ("POST", "forget"),
+    ("GET", "faults"),
+    ("POST", "faults"),
+    ("GET", "settings"),
+    ("POST", "settings"),
+]
 
 
 # --------------------------------------------------------------------------- model server
@@ -728,3 +744,248 @@ def test_devserver_reports_a_failed_start(monkeypatch: pytest.MonkeyPatch, tmp_p
     ):
         pass
     assert list(tmp_path.iterdir()) == []  # the log directory was removed
+
+
+# --------------------------------------------------------------------------- admin API exposure
+# Nothing here binds a non-loopback address: the network case is driven in-process.
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "expected"),
+    [
+        ("127.0.0.1", None, "open"),
+        ("127.8.9.10", None, "open"),
+        ("::1", None, "open"),
+        ("[::1]", None, "open"),
+        ("::ffff:127.0.0.1", None, "open"),
+        ("localhost", None, "open"),
+        ("LocalHost.", None, "open"),
+        ("0.0.0.0", None, "off"),
+        ("::", None, "off"),
+        ("192.168.1.20", None, "off"),
+        ("10.0.0.1", None, "off"),
+        ("fe80::1%eth0", None, "off"),
+        ("::ffff:10.0.0.1", None, "off"),
+        ("", None, "off"),
+        ("devbox.example.com", None, "off"),
+        ("localhost.example.com", None, "off"),
+        ("0.0.0.0", "", "off"),
+        ("0.0.0.0", "t0ken", "token"),
+        ("192.168.1.20", "t0ken", "token"),
+        ("127.0.0.1", "t0ken", "token"),
+    ],
+)
+def test_admin_mode(host: str, token: str | None, expected: str) -> None:
+    assert admin_mode(host, token) == expected
+
+
+def admin_client(admin: Any, admin_token: str | None = None) -> TestClient:
+    """An in-process client of the app: no socket is opened."""
+    return TestClient(create_app(BananaService(DevServerConfig()), admin=admin, admin_token=admin_token))
+
+
+@pytest.mark.parametrize(("method", "name"), ADMIN_PATHS)
+def test_admin_off_answers_404_and_banana_endpoints_still_work(method: str, name: str) -> None:
+    with admin_client("off") as client:
+        response = client.request(method, f"/_admin/{name}", json={})
+        assert response.status_code == 404
+        assert client.get("/healthcheck").json() == {"state": "healthy"}
+        reply = client.post("/start/v4/", json={"modelKey": "wordcount", "modelInputs": {"prompt": "a b"}}).json()
+        assert reply["message"] == "success"
+        assert client.post("/check/v4", json={"callID": reply["callID"]}).json()["message"] == "success"
+
+
+@pytest.mark.parametrize(("method", "name"), ADMIN_PATHS)
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer wrong-token",
+        f"Bearer {ADMIN_TOKEN}x",
+        f"Bearer {ADMIN_TOKEN[:-1]}",
+        f"Basic {ADMIN_TOKEN}",
+        ADMIN_TOKEN,
+    ],
+)
+def test_admin_token_refuses_a_missing_or_wrong_token(method: str, name: str, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    # each body would change something if it got through
+    body = {"reset": {}, "faults": {"fail_next": None}, "settings": {"start_hold": 7.0}}.get(name, {})
+    with admin_client("token", ADMIN_TOKEN) as client:
+        assert client.post("/_admin/faults", json={"fail_next": {"count": 1}}, headers=auth).status_code == 200
+        response = client.request(method, f"/_admin/{name}", json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in response.json()["error"]
+        assert ADMIN_TOKEN not in response.text
+        # the refused request never reached the endpoint: nothing changed
+        assert "fail_next" in client.get("/_admin/faults", headers=auth).json()["faults"]
+        assert client.get("/_admin/settings", headers=auth).json()["start_hold"] == DevServerConfig().start_hold
+
+
+@pytest.mark.parametrize(("method", "name"), ADMIN_PATHS)
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_admin_token_accepts_the_right_token(method: str, name: str, scheme: str) -> None:
+    with admin_client("token", ADMIN_TOKEN) as client:
+        response = client.request(
+            method, f"/_admin/{name}", json={}, headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+
+
+def test_admin_token_guards_every_admin_path_but_not_the_banana_endpoints() -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with admin_client("token", ADMIN_TOKEN) as client:
+        # unknown admin paths and methods are refused before routing, so they reveal nothing
+        assert client.get("/_admin/nope").status_code == 401
+        assert client.delete("/_admin/stats").status_code == 401
+        assert client.get("/_admin/nope", headers=auth).status_code == 404
+        assert client.get("/_admin/stats/", headers=auth).status_code == 404
+        # the same header twice is refused: which one counts would be ambiguous
+        doubled = client.get("/_admin/stats", headers=[("Authorization", auth["Authorization"])] * 2)
+        assert doubled.status_code == 401
+        assert client.get("/healthcheck").status_code == 200
+        reply = client.post("/start/v4/", json={"modelKey": "wordcount", "modelInputs": {"prompt": "x"}}).json()
+        assert reply["message"] == "success"
+        assert client.get("/_admin/stats", headers=auth).json()["starts_taken"] == 1
+
+
+def test_admin_open_needs_no_token() -> None:
+    with admin_client("open") as client:
+        assert client.post("/_admin/faults", json={"fail_next": {"count": 1}}).status_code == 200
+        assert client.post("/start/v4/", json={}).status_code == 503
+        assert client.get("/_admin/stats").json()["faults_served"] == 1
+
+
+@pytest.mark.parametrize(
+    ("admin", "admin_token"),
+    [("token", None), ("token", ""), ("open", "t0ken"), ("off", "t0ken"), ("closed", None)],
+)
+def test_create_app_refuses_an_inconsistent_admin_mode(admin: Any, admin_token: str | None) -> None:
+    with pytest.raises(ValueError, match="admin"):
+        create_app(BananaService(DevServerConfig()), admin=admin, admin_token=admin_token)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, None), ({ADMIN_TOKEN_ENV_VAR: ADMIN_TOKEN}, ADMIN_TOKEN), ({"OTHER": "x"}, None)],
+)
+def test_config_reads_the_admin_token_from_the_environment(environ: dict[str, str], expected: str | None) -> None:
+    args = cli.build_parser().parse_args(["--host", "0.0.0.0"])
+    config = cli.config_from_args(args, environ)
+    assert config.admin_token == expected
+    assert ADMIN_TOKEN not in repr(config)
+
+
+def test_config_refuses_an_empty_admin_token() -> None:
+    args = cli.build_parser().parse_args([])
+    with pytest.raises(ValueError, match=ADMIN_TOKEN_ENV_VAR):
+        cli.config_from_args(args, {ADMIN_TOKEN_ENV_VAR: ""})
+
+
+def test_there_is_no_admin_token_argument() -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--admin-token", ADMIN_TOKEN])
+
+
+class FakeSocket:
+    """Stands in for a listening socket: only its bound address is read, nothing is bound."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    def getsockname(self) -> tuple[str, int]:
+        return self.address
+
+
+def serve_in_process(monkeypatch: pytest.MonkeyPatch, config: DevServerConfig, address: str) -> TestClient:
+    """Run :func:`cli.serve` as if bound to ``address``, and return a client of the app it built."""
+    apps: list[Any] = []
+    monkeypatch.setattr(cli.DevUvicornServer, "run", lambda self, sockets=None: apps.append(self.config.app))
+    cli.serve(config, cast("socket.socket", FakeSocket((address, 8000))))
+    assert len(apps) == 1
+    return TestClient(apps[0])
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.20"])
+def test_serve_on_a_network_address_turns_admin_off_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, address: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_banana.devserver")
+    with serve_in_process(monkeypatch, DevServerConfig(host=address), address) as client:
+        assert client.get("/_admin/stats").status_code == 404
+        assert client.post("/_admin/reset", json={}).status_code == 404
+        assert client.get("/healthcheck").status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "Admin API (/_admin/) disabled" in warnings[0]
+    assert address in warnings[0]
+    assert ADMIN_TOKEN_ENV_VAR in warnings[0]
+
+
+def test_serve_on_a_network_address_with_a_token_requires_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_banana.devserver")
+    config = DevServerConfig(host="0.0.0.0", admin_token=ADMIN_TOKEN)
+    with serve_in_process(monkeypatch, config, "0.0.0.0") as client:
+        assert client.get("/_admin/stats").status_code == 401
+        assert client.get("/_admin/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert ADMIN_TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_serve_on_loopback_leaves_admin_open(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, address: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_provider_banana.devserver")
+    with serve_in_process(monkeypatch, DevServerConfig(host=address), address) as client:
+        assert client.get("/_admin/stats").status_code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_loopback_devserver_logs_an_open_admin_api(srv: DevServer) -> None:
+    log = srv.log_text()
+    assert "Admin API (/_admin/) open without a token" in log
+    assert "disabled" not in log
+
+
+def test_devserver_with_an_admin_token(session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an inherited token must not win over the one asked for
+    monkeypatch.setenv(ADMIN_TOKEN_ENV_VAR, "inherited-" + uuid.uuid4().hex)
+    with DevServer(admin_token=ADMIN_TOKEN) as token_srv:
+        assert token_srv.faults(fail_next={"count": 1, "status": 502})["faults"]["fail_next"]["status"] == 502
+        assert session.post(token_srv.url + "start/v4/", json={}, timeout=5).status_code == 502
+        assert token_srv.stats()["faults_served"] == 1
+        for headers in ({}, {"Authorization": "Bearer inherited"}, {"Authorization": f"Bearer {ADMIN_TOKEN}0"}):
+            response = session.get(token_srv.url + "_admin/stats", headers=headers, timeout=5)
+            assert response.status_code == 401
+            assert "error" in response.json()
+        assert session.post(token_srv.url + "_admin/forget", timeout=5).status_code == 401
+        ok = session.get(token_srv.url + "_admin/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=5)
+        assert ok.status_code == 200
+        # the token travels in the environment, never in argv (visible to everyone through ps)
+        cmdline = Path(f"/proc/{token_srv.pid}/cmdline")
+        if cmdline.exists():
+            assert ADMIN_TOKEN.encode() not in cmdline.read_bytes()
+        log = token_srv.log_text()
+        assert "requires the bearer token" in log
+        assert ADMIN_TOKEN not in log
+
+
+def test_devserver_ignores_an_inherited_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ADMIN_TOKEN_ENV_VAR, "inherited-" + uuid.uuid4().hex)
+    with DevServer() as open_srv:
+        assert open_srv.stats()["start_requests"] == 0
+        assert "open without a token" in open_srv.log_text()
+
+
+def test_devserver_refuses_an_empty_admin_token() -> None:
+    with pytest.raises(ValueError, match="admin_token"):
+        DevServer(admin_token="")

@@ -102,8 +102,12 @@ Except ``fail`` and ``model-error``, which take anything, the built-in models fa
 a call whose ``modelInputs`` is not a JSON object. An external ``--model`` with a
 built-in's key replaces the built-in.
 
-Admin API (for tests; not part of Banana's API and unauthenticated)
-====================================================================
+Admin API (for tests; not part of Banana's API)
+===============================================
+
+Open without a token when the server binds a loopback address; off (404) on any other address
+unless ``$BANANA_DEVSERVER_ADMIN_TOKEN`` is set; with that set, every ``/_admin/`` request needs
+``Authorization: Bearer <token>`` (401 otherwise), whatever the address.
 
 ``GET /healthcheck``
     200 ``{"state": "healthy"}``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from airflow_provider_banana.devserver import protocol
 from airflow_provider_banana.devserver.faults import UNPROCESSED_KINDS, FaultRule, FaultSpecError, FaultSwitches
 
 if TYPE_CHECKING:
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from airflow_provider_banana.devserver.config import AdminMode
     from airflow_provider_banana.devserver.service import BananaService
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,44 @@ def fault_response(rule: FaultRule, endpoint: str) -> Response:
     return Response(str(rule.body), media_type=rule.content_type)
 
 
+class AdminTokenGuard:
+    """Let an admin request through only with ``Authorization: Bearer <token>``; answer others 401.
+
+    :param app: the admin API's router.
+    :param token: the required token.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the request's token, then hand it on or refuse it.
+
+        :param scope: the ASGI scope.
+        :param receive: the ASGI receive channel.
+        :param send: the ASGI send channel.
+        """
+        if scope["type"] == "http" and not self._authorized(scope):
+            log.debug("Refused an admin request to %s without a valid token", scope.get("path"))
+            response = json_response(
+                {"error": "the admin API needs an Authorization: Bearer <admin token> header"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        values = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, credentials = values[0].strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
+
+
 async def read_body(request: Request) -> bytes | None:
     """Read a request body, refusing one larger than :data:`protocol.MAX_BODY_BYTES`.
 
@@ -111,12 +151,22 @@ async def read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(service: BananaService) -> Starlette:
+def create_app(service: BananaService, admin: AdminMode = "open", admin_token: str | None = None) -> Starlette:
     """Build the ASGI app around a service.
 
     :param service: the server's state and behaviour; opened and closed by the app's lifespan.
+    :param admin: how the ``/_admin/`` routes are exposed, usually from
+        :func:`~airflow_provider_banana.devserver.config.admin_mode`: ``open`` to anyone,
+        ``token`` only with ``Authorization: Bearer <admin_token>`` (401 otherwise), ``off``
+        not at all (404, like any unknown path).
+    :param admin_token: the token ``admin="token"`` requires; only with that mode.
     :return: the Starlette application.
+    :raises ValueError: when ``admin`` is unknown or does not match ``admin_token``.
     """
+    if admin not in ("open", "token", "off"):
+        raise ValueError(f"admin must be 'open', 'token' or 'off', not {admin!r}")
+    if (admin == "token") != bool(admin_token):
+        raise ValueError('admin_token is required with admin="token" and only then')
     faults = FaultSwitches()
 
     async def banana_endpoint(request: Request, endpoint: str) -> Response:
@@ -210,18 +260,25 @@ def create_app(service: BananaService) -> Starlette:
         finally:
             await service.close()
 
-    routes = (
-        [Route(path, start, methods=["POST"]) for path in ("/start/v4/", "/start/v4")]
-        + [Route(path, check, methods=["POST"]) for path in ("/check/v4/", "/check/v4")]
-        + [
-            Route("/healthcheck", healthcheck, methods=["GET"]),
-            Route("/_admin/stats", admin_stats, methods=["GET"]),
-            Route("/_admin/reset", admin_reset, methods=["POST"]),
-            Route("/_admin/forget", admin_forget, methods=["POST"]),
-            Route("/_admin/faults", admin_faults, methods=["GET", "POST"]),
-            Route("/_admin/settings", admin_settings, methods=["GET", "POST"]),
-        ]
-    )
+    routes: list[BaseRoute] = [
+        *(Route(path, start, methods=["POST"]) for path in ("/start/v4/", "/start/v4")),
+        *(Route(path, check, methods=["POST"]) for path in ("/check/v4/", "/check/v4")),
+        Route("/healthcheck", healthcheck, methods=["GET"]),
+    ]
+    if admin != "off":
+        admin_router = Router(
+            routes=[
+                Route("/stats", admin_stats, methods=["GET"]),
+                Route("/reset", admin_reset, methods=["POST"]),
+                Route("/forget", admin_forget, methods=["POST"]),
+                Route("/faults", admin_faults, methods=["GET", "POST"]),
+                Route("/settings", admin_settings, methods=["GET", "POST"]),
+            ],
+            redirect_slashes=False,
+        )
+        # Mounted, so that the guard sees every /_admin/ request, unknown paths and methods included.
+        admin_app: ASGIApp = admin_router if admin_token is None else AdminTokenGuard(admin_router, admin_token)
+        routes.append(Mount("/_admin", app=admin_app))
     app = Starlette(routes=routes, lifespan=lifespan)
     # Both spellings of each path are routed; anything else is a plain 404, never a redirect.
     app.router.redirect_slashes = False

@@ -14,6 +14,7 @@ import uvicorn
 
 from airflow_provider_banana.devserver.app import DropFilter, create_app
 from airflow_provider_banana.devserver.config import (
+    ADMIN_TOKEN_ENV_VAR,
     API_KEY_ENV_VAR,
     DEFAULT_BACKLOG,
     DEFAULT_CHECK_HOLD,
@@ -21,7 +22,9 @@ from airflow_provider_banana.devserver.config import (
     DEFAULT_REPLICAS,
     DEFAULT_RESULT_TTL,
     DEFAULT_START_HOLD,
+    AdminMode,
     DevServerConfig,
+    admin_mode,
 )
 from airflow_provider_banana.devserver.models import BUILTIN_MODEL_KEYS
 from airflow_provider_banana.devserver.service import BananaService
@@ -44,9 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m airflow_provider_banana.devserver",
         description="Run a local Banana-compatible (v4) inference server for development and tests.",
         epilog=f"Built-in models: {', '.join(BUILTIN_MODEL_KEYS)}. "
-        f"With --require-api-key the key is read from ${API_KEY_ENV_VAR}.",
+        f"With --require-api-key the key is read from ${API_KEY_ENV_VAR}. "
+        f"The admin API (/_admin/) is open on a loopback address and off on any other, "
+        f"unless ${ADMIN_TOKEN_ENV_VAR} is set: then every admin request needs "
+        f"'Authorization: Bearer <token>'.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help=f"address to bind; on a non-loopback one the admin API is off unless ${ADMIN_TOKEN_ENV_VAR} "
+        "is set (default: %(default)s)",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
     parser.add_argument(
         "--start-hold",
@@ -138,7 +149,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
     """Build the launch configuration from parsed arguments and the environment.
 
     :param args: the parsed command line.
-    :param environ: the process environment, read for the apiKey.
+    :param environ: the process environment, read for the apiKey and the admin token.
     :return: the configuration.
     :raises ValueError: on an invalid combination or value.
     """
@@ -147,6 +158,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
         api_key = environ.get(API_KEY_ENV_VAR) or None
         if api_key is None:
             raise ValueError(f"--require-api-key needs a non-empty ${API_KEY_ENV_VAR}")
+    admin_token = environ.get(ADMIN_TOKEN_ENV_VAR)
+    if admin_token is not None and not admin_token:
+        # Refused rather than ignored: on loopback an ignored token would leave the admin API open.
+        raise ValueError(f"${ADMIN_TOKEN_ENV_VAR} is set but empty; unset it or give it a token")
     return DevServerConfig(
         host=args.host,
         port=args.port,
@@ -157,6 +172,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
         external_models=dict(args.model),
         quirk_empty_message=args.quirk_empty_message,
         api_key=api_key,
+        admin_token=admin_token,
         model_timeout=args.model_timeout,
         log_level=args.log_level,
         access_log=args.access_log,
@@ -253,17 +269,41 @@ class DevUvicornServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def log_admin_mode(mode: AdminMode, address: str) -> None:
+    """Say once at startup how the admin API is exposed, with a warning when it is off.
+
+    :param mode: ``open``, ``token`` or ``off``, from :func:`~airflow_provider_banana.devserver.config.admin_mode`.
+    :param address: the bound address, for the message.
+    """
+    if mode == "off":
+        log.warning(
+            "Admin API (/_admin/) disabled: %s is not a loopback address. To enable it, set $%s "
+            "to a secret token and send 'Authorization: Bearer <token>' with every admin request",
+            address,
+            ADMIN_TOKEN_ENV_VAR,
+        )
+    elif mode == "token":
+        log.info("Admin API (/_admin/) requires the bearer token from $%s", ADMIN_TOKEN_ENV_VAR)
+    else:
+        log.info("Admin API (/_admin/) open without a token on loopback address %s", address)
+
+
 def serve(config: DevServerConfig, sock: socket.socket) -> None:
     """Run the server until SIGINT or SIGTERM.
+
+    The admin API's exposure is decided from the address actually bound, so a host name
+    that resolves to a network address counts as non-loopback.
 
     :param config: the launch configuration.
     :param sock: the listening socket, from :func:`bind_socket`.
     """
-    port = sock.getsockname()[1]
+    address, port = sock.getsockname()[:2]
     host = f"[{config.host}]" if ":" in config.host else config.host
+    mode = admin_mode(address, config.admin_token)
+    log_admin_mode(mode, address)
     service = BananaService(config)
     uv_config = uvicorn.Config(
-        create_app(service),
+        create_app(service, admin=mode, admin_token=config.admin_token if mode == "token" else None),
         http=config.http,
         loop=config.loop,
         ws="none",

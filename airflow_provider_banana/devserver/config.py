@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 #: Environment variable holding the only apiKey accepted with ``--require-api-key``.
 API_KEY_ENV_VAR = "BANANA_DEVSERVER_API_KEY"
+#: Environment variable holding the bearer token that every ``/_admin/`` request must carry.
+ADMIN_TOKEN_ENV_VAR = "BANANA_DEVSERVER_ADMIN_TOKEN"
+
+#: How the admin API is exposed: ``open`` (no token), ``token`` (bearer token required), ``off`` (404).
+AdminMode = Literal["open", "token", "off"]
 
 DEFAULT_START_HOLD = 50.0
 DEFAULT_CHECK_HOLD = 50.0
@@ -36,6 +42,7 @@ class DevServerConfig:
     :param external_models: model key to base URL of an external model server.
     :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
     :param api_key: the only accepted apiKey, or None to accept any.
+    :param admin_token: the bearer token the admin API requires, or None; see :func:`admin_mode`.
     :param model_timeout: seconds allowed for one request to an external model server.
     :param log_level: logging level name.
     :param access_log: keep uvicorn's per-request access log.
@@ -53,6 +60,7 @@ class DevServerConfig:
     external_models: Mapping[str, str] = field(default_factory=dict)
     quirk_empty_message: bool = False
     api_key: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     model_timeout: float = DEFAULT_MODEL_TIMEOUT
     log_level: str = "info"
     access_log: bool = False
@@ -71,6 +79,46 @@ class DevServerConfig:
             raise ValueError("port must be between 0 and 65535")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")
+        if self.admin_token is not None and not self.admin_token:
+            raise ValueError("admin_token must not be empty")
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether an address to bind reaches only this machine.
+
+    ``localhost`` and addresses in 127.0.0.0/8 or ``::1`` (also IPv4-mapped, bracketed or
+    with a zone) are loopback; anything else, including an empty host (every interface)
+    and any other host name, is not.
+
+    :param host: an IP address or host name, as given to ``--host`` or read from the bound socket.
+    :return: True only for a loopback address.
+    """
+    name = host.strip().removeprefix("[").removesuffix("]").partition("%")[0]
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def admin_mode(host: str, token: str | None) -> AdminMode:
+    """Decide how the admin API is exposed.
+
+    A token always turns it on behind ``Authorization: Bearer <token>``; without one it is
+    open on a loopback address and off (404) on any other, so that nobody on the network can
+    reset the server or arm its faults.
+
+    :param host: the address the server binds.
+    :param token: the admin token, or None (an empty one counts as None).
+    :return: ``token``, ``open`` or ``off``.
+    """
+    if token:
+        return "token"
+    return "open" if is_loopback(host) else "off"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from airflow_provider_banana.devserver.config import API_KEY_ENV_VAR
+from airflow_provider_banana.devserver.config import ADMIN_TOKEN_ENV_VAR, API_KEY_ENV_VAR
 
 _LISTENING = re.compile(r"Banana devserver listening on http://[^\s:]+:(\d+)")
 # Admin calls bypass any proxy from the environment: the server is on loopback.
@@ -53,6 +53,9 @@ class DevServer:
     :param extra_args: further command-line arguments.
     :param startup_timeout: seconds to wait for the server to answer its healthcheck.
     :param port: port to bind; None picks a free one on first start.
+    :param admin_token: require this bearer token on the admin API (passed through the
+        environment, never argv) and send it with every admin call; None leaves the admin
+        API open, as it is on loopback.
     """
 
     def __init__(
@@ -69,9 +72,12 @@ class DevServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 20.0,
         port: int | None = None,
+        admin_token: str | None = None,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key must not be empty")
+        if admin_token is not None and not admin_token:
+            raise ValueError("admin_token must not be empty")
         self._args = [
             "--host",
             "127.0.0.1",
@@ -94,6 +100,7 @@ class DevServer:
             self._args += ["--model", f"{key}={url}"]
         self._args += list(extra_args)
         self._api_key = api_key
+        self._admin_token = admin_token
         self._startup_timeout = startup_timeout
         self._port = port
         self._process: subprocess.Popen[bytes] | None = None
@@ -156,6 +163,10 @@ class DevServer:
         env.pop(API_KEY_ENV_VAR, None)
         if self._api_key is not None:
             env[API_KEY_ENV_VAR] = self._api_key
+        # Dropped unless asked for, so that a token in the caller's environment changes nothing.
+        env.pop(ADMIN_TOKEN_ENV_VAR, None)
+        if self._admin_token is not None:
+            env[ADMIN_TOKEN_ENV_VAR] = self._admin_token
         env["PYTHONUNBUFFERED"] = "1"
         # Importable even when the package is only a source checkout, not installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
@@ -320,12 +331,10 @@ class DevServer:
 
     def _admin(self, method: str, name: str, body: Mapping[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}_admin/{name}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
+        headers = {"Content-Type": "application/json"}
+        if self._admin_token is not None:
+            headers["Authorization"] = f"Bearer {self._admin_token}"
+        request = urllib.request.Request(f"{self.url}_admin/{name}", data=data, method=method, headers=headers)
         try:
             with _OPENER.open(request, timeout=30) as response:
                 return json.loads(response.read())

@@ -28,6 +28,7 @@ from airflow_provider_banana import __version__, connection_ui_behaviour
 from airflow_provider_banana.batch import Wave, hand_back_now
 from airflow_provider_banana.contract import (
     CHECK,
+    DEFAULT_MAX_REPLY_BYTES,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
     START,
@@ -35,19 +36,18 @@ from airflow_provider_banana.contract import (
     BananaRetryPolicy,
     BananaTimeouts,
     CallWaiter,
-    TransportFailure,
     build_check_body,
     build_start_body,
     describe_retry,
     endpoint_url,
+    max_reply_bytes_from_extra,
     parse_reply,
-    transport_error,
     validate_api_key,
     validate_base_url,
     validate_call_id,
     validate_model_inputs,
     validate_model_key,
-    validate_positive,
+    validate_seconds,
 )
 from airflow_provider_banana.exceptions import (
     BananaCallError,
@@ -55,6 +55,8 @@ from airflow_provider_banana.exceptions import (
     BananaError,
     BananaTimeoutError,
 )
+from airflow_provider_banana.hooks import _transport
+from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -69,6 +71,8 @@ _HEADERS = {
 }
 #: Seconds a batch wait lingers after its first call ended, to hand back more than one result.
 DEFAULT_LINGER = 1.0
+#: Replies larger than this are parsed in a worker thread by the async hook, off the event loop.
+_PARSE_IN_THREAD_BYTES = 1024 * 1024
 # A callID no server ever issued: test_connection checks it to prove the URL and key without
 # starting (and paying for) an inference.
 _PROBE_CALL_ID = "call_airflow-provider-banana-connection-test"
@@ -83,12 +87,19 @@ class BananaSettings:
     :param api_key: the API key (never in repr).
     :param model_key: the default model key from the connection's extra, if any.
     :param timeouts: the request timeouts (the extra may set the server's holds).
+    :param max_reply_bytes: the largest reply body read, after decompression (extra ``max_reply_bytes``).
     """
 
     base_url: str
     api_key: str = field(repr=False)
     model_key: str | None = None
     timeouts: BananaTimeouts = field(default_factory=BananaTimeouts)
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """Return what masks the API key in every text that leaves the provider."""
+        return Redactor(self.api_key)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> BananaSettings:
@@ -105,6 +116,7 @@ class BananaSettings:
             api_key=validate_api_key(conn.password),
             model_key=model_key if isinstance(model_key, str) else None,
             timeouts=BananaTimeouts.from_extra(extra),
+            max_reply_bytes=max_reply_bytes_from_extra(extra),
         )
 
     def url(self, endpoint: str) -> str:
@@ -114,41 +126,6 @@ class BananaSettings:
     def encode(self, body: dict[str, Any]) -> bytes:
         """Return a request body as JSON bytes."""
         return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _requests_failure(error: requests.RequestException) -> TransportFailure:
-    import requests
-    import urllib3.exceptions
-
-    # Order matters: ConnectTimeout is both a ConnectionError and a Timeout.
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return TransportFailure.CONNECT_TIMEOUT
-    if isinstance(error, requests.exceptions.ReadTimeout):
-        return TransportFailure.READ_TIMEOUT
-    if isinstance(error, requests.exceptions.SSLError):
-        return TransportFailure.CONNECT
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return TransportFailure.CONNECTION_LOST
-    if isinstance(error, requests.exceptions.ConnectionError):
-        reason = getattr(error.args[0], "reason", None) if error.args else None
-        if isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProxyError)):
-            return TransportFailure.CONNECT
-        return TransportFailure.CONNECTION_LOST
-    return TransportFailure.OTHER
-
-
-def _httpx_failure(error: httpx.TransportError) -> TransportFailure:
-    if isinstance(error, httpx.ConnectTimeout):
-        return TransportFailure.CONNECT_TIMEOUT
-    if isinstance(error, httpx.PoolTimeout):
-        return TransportFailure.POOL_TIMEOUT
-    if isinstance(error, httpx.ConnectError):
-        return TransportFailure.CONNECT
-    if isinstance(error, httpx.ReadTimeout):
-        return TransportFailure.READ_TIMEOUT
-    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError)):
-        return TransportFailure.CONNECTION_LOST
-    return TransportFailure.OTHER
 
 
 def _connection_test_result(settings: BananaSettings, error: BaseException | None) -> tuple[bool, str]:
@@ -208,18 +185,47 @@ class _BananaHookBase(BaseHook):
         attempt, pause, reason = describe_retry(state)
         self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
 
-    @staticmethod
-    def _reply(
+    def _exchange(
+        self,
         settings: BananaSettings,
         endpoint: str,
-        status_code: int,
-        content: bytes,
-        retry_after: str | None,
+        body: bytes,
+        *,
+        waits: bool,
         call_id: str | None,
-    ) -> BananaResult:
-        return parse_reply(
-            endpoint, status_code, content, retry_after=retry_after, call_id=call_id, secret=settings.api_key
+        deadline: float | None,
+    ) -> _transport.Exchange:
+        remaining = None if deadline is None else deadline - time.time()
+        return _transport.Exchange(
+            url=settings.url(endpoint),
+            body=body,
+            budget=settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining),
+            limit=settings.max_reply_bytes,
+            endpoint=endpoint,
+            call_id=call_id,
+            redactor=settings.redactor,
         )
+
+    def _reply(self, exchange: _transport.Exchange, raw: _transport.RawReply) -> BananaResult:
+        result = parse_reply(
+            exchange.endpoint,
+            raw.status_code,
+            raw.content,
+            retry_after=raw.retry_after,
+            location=raw.location,
+            url=exchange.url,
+            call_id=exchange.call_id,
+            redactor=exchange.redactor,
+            truncated=raw.truncated,
+        )
+        if result.non_finite:
+            # Not an error: the server sent them. But Airflow's XCom stores NaN and Infinity as null.
+            self.log.warning(
+                "Banana call %s: the model outputs hold NaN or Infinity (which XCom stores as null) at %s",
+                result.call_id,
+                ", ".join(result.non_finite),
+            )
+        return result
 
 
 class BananaHook(_BananaHookBase):
@@ -243,13 +249,9 @@ class BananaHook(_BananaHookBase):
     @functools.cached_property
     def session(self) -> requests.Session:
         """Return the hook's keep-alive HTTP session."""
-        # Imported here, not at the top: every DAG file that imports the operator pays for the
-        # module's imports at each parse, and requests with urllib3 costs ~150 ms (benchmarks/).
-        import requests
-
-        session = requests.Session()
-        session.headers.update(_HEADERS)
-        return session
+        # requests is imported there, not at the top: every DAG file that imports the operator pays for
+        # the module's imports at each parse, and requests with urllib3 costs ~150 ms (benchmarks/).
+        return _transport.new_session(_HEADERS)
 
     def get_conn(self) -> requests.Session:
         """Return the hook's HTTP session."""
@@ -366,7 +368,7 @@ class BananaHook(_BananaHookBase):
         :raises BananaTimeoutError: not finished within ``timeout``; the call may run on.
         :raises BananaCallError: the inference failed.
         """
-        timeout = validate_positive("timeout", timeout)
+        timeout = validate_seconds("timeout", timeout)
         started_at = time.time()
         # A Start is held up to start_hold and, once sent, must not be abandoned (its answer carries
         # the only copy of the callID), so a timeout shorter than the hold uses startOnly.
@@ -403,28 +405,12 @@ class BananaHook(_BananaHookBase):
         call_id: str | None = None,
         deadline: float | None = None,
     ) -> BananaResult:
-        import requests  # see ``session``: kept off the module's import path
-
         settings = self.settings
-        url = settings.url(endpoint)
         retrying = tenacity.Retrying(**self._retrying_kwargs(endpoint, deadline))
         for attempt in retrying:
             with attempt:
-                remaining = None if deadline is None else deadline - time.time()
-                timeout = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
-                try:
-                    response = self.session.post(url, data=body, timeout=timeout)
-                except requests.RequestException as e:
-                    failure = _requests_failure(e)
-                    raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
-                return self._reply(
-                    settings,
-                    endpoint,
-                    response.status_code,
-                    response.content,
-                    response.headers.get("Retry-After"),
-                    call_id,
-                )
+                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
+                return self._reply(exchange, _transport.post(self.session, exchange))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -827,7 +813,7 @@ class BananaAsyncHook(_BananaHookBase):
         :param timeout: seconds the inference may take, from Start to result.
         :return: the ``modelOutputs`` list.
         """
-        timeout = validate_positive("timeout", timeout)
+        timeout = validate_seconds("timeout", timeout)
         started_at = time.time()
         result = await self.start(model_inputs, model_key, start_only=timeout < self.settings.timeouts.start_hold)
         if result.finished:
@@ -847,27 +833,15 @@ class BananaAsyncHook(_BananaHookBase):
         client = self._client
         if client is None:
             raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
-        url = settings.url(endpoint)
         retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(endpoint, deadline))
         async for attempt in retrying:
             with attempt:
-                remaining = None if deadline is None else deadline - time.time()
-                connect, read = settings.timeouts.for_request(endpoint, waits=waits, remaining=remaining)
-                try:
-                    response = await client.post(
-                        url, content=body, timeout=httpx.Timeout(read, connect=connect, pool=connect)
-                    )
-                except httpx.TransportError as e:
-                    failure = _httpx_failure(e)
-                    raise transport_error(failure, endpoint=endpoint, detail=str(e), call_id=call_id) from e
-                return self._reply(
-                    settings,
-                    endpoint,
-                    response.status_code,
-                    response.content,
-                    response.headers.get("Retry-After"),
-                    call_id,
-                )
+                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
+                raw = await _transport.apost(client, exchange)
+                if len(raw.content) > _PARSE_IN_THREAD_BYTES:
+                    # Parsing tens of MiB takes a good part of a second: not on the triggerer's loop.
+                    return await asyncio.to_thread(self._reply, exchange, raw)
+                return self._reply(exchange, raw)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 

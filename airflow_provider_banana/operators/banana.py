@@ -31,7 +31,8 @@ from airflow_provider_banana.contract import (
     outputs_from_event,
     reattach_decision,
     validate_model_inputs,
-    validate_positive,
+    validate_poll_interval,
+    validate_seconds,
 )
 from airflow_provider_banana.exceptions import BananaCallError, BananaConfigError, BananaError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook, CallWatch
@@ -153,8 +154,8 @@ class BananaInferenceOperator(BaseOperator):
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
-        self.timeout = validate_positive("timeout", timeout)
-        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.timeout = validate_seconds("timeout", timeout)
+        self.poll_interval = validate_poll_interval(poll_interval)
         self.long_poll = long_poll
         # Checked here, before any task runs; BaseOperator's own retry_policy is another thing.
         self.max_attempts = BananaRetryPolicy(max_attempts=max_attempts).max_attempts
@@ -467,15 +468,15 @@ class BananaBatchInferenceOperator(BaseOperator):
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable
         self.max_in_flight = max_in_flight
-        self.timeout = validate_positive("timeout", timeout)
+        self.timeout = validate_seconds("timeout", timeout)
         self.item_retries = item_retries
         self.on_item_failure = on_item_failure
-        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.poll_interval = validate_poll_interval(poll_interval)
         self.long_poll = long_poll
         self.max_attempts = BananaRetryPolicy(max_attempts=max_attempts).max_attempts
         self.durable = durable
-        self.linger = validate_positive("linger", linger)
-        self.defer_after = validate_positive("defer_after", defer_after, zero_ok=True)
+        self.linger = validate_seconds("linger", linger)
+        self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
 
     @functools.cached_property
     def hook(self) -> BananaHook:

@@ -16,7 +16,12 @@ try:
 except ImportError:  # Airflow 3.1 has them only in airflow.exceptions
     from airflow.exceptions import AirflowSensorTimeout, AirflowSkipException  # type: ignore[no-redef]
 
-from airflow_provider_banana.contract import BananaRetryPolicy, outputs_from_event, validate_call_id
+from airflow_provider_banana.contract import (
+    BananaRetryPolicy,
+    outputs_from_event,
+    validate_call_id,
+    validate_poll_interval,
+)
 from airflow_provider_banana.exceptions import BananaCallError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import BananaHook
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
@@ -42,6 +47,9 @@ class BananaCallSensor(BaseSensorOperator):
     :param banana_conn_id: the Airflow connection to use.
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param max_attempts: tries of one Check through transient transport trouble, with backoff.
+
+    ``poke_interval`` (a sensor argument) is at least 0.25 s: a call is never Checked more than four
+    times a second.
     """
 
     template_fields: Sequence[str] = ("call_id",)
@@ -57,6 +65,8 @@ class BananaCallSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Each poke is a Check: the floor that protects the server from tight Check loops holds here too.
+        validate_poll_interval(self.poke_interval, "poke_interval")
         self.call_id = call_id
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable

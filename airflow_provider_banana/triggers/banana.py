@@ -15,10 +15,12 @@ from airflow_provider_banana.contract import (
     error_event,
     success_event,
     validate_call_id,
-    validate_positive,
+    validate_poll_interval,
+    validate_seconds,
 )
 from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook
+from airflow_provider_banana.redact import NO_SECRET, Redactor
 
 
 class _BananaWaitTrigger(BaseTrigger):
@@ -52,9 +54,11 @@ class _BananaWaitTrigger(BaseTrigger):
         self.banana_conn_id = banana_conn_id
         self.deadline = float(deadline)
         self.started_at = float(started_at) if started_at is not None else time.time()
-        self.poll_interval = validate_positive("poll_interval", poll_interval)
+        self.poll_interval = validate_poll_interval(poll_interval)
         self.long_poll = bool(long_poll)
         self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
+        # Masks the key in the texts of errors that are not ours; known once the hook has the connection.
+        self._redactor: Redactor = NO_SECRET
 
     def _serialize(self, **own: Any) -> tuple[str, dict[str, Any]]:
         # The classpath comes from the class, so a subclass or a move cannot leave it stale.
@@ -140,8 +144,9 @@ class BananaCallTrigger(_BananaWaitTrigger):
         try:
             outputs = await self._wait()
         except Exception as e:  # every failure becomes the one event the operator reads
-            self.log.warning("Banana call %s: %s", self.call_id, e)
-            yield TriggerEvent(error_event(self.call_id, e))
+            event = error_event(self.call_id, e, redactor=self._redactor)
+            self.log.warning("Banana call %s: %s", self.call_id, event["message"])
+            yield TriggerEvent(event)
             return
         yield TriggerEvent(success_event(self.call_id, outputs))
 
@@ -149,6 +154,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
         if self.expired:
             raise BananaTimeoutError(self.call_id, self.timeout)
         async with self._hook() as hook:
+            self._redactor = hook.settings.redactor
             return await hook.wait(
                 self.call_id,
                 timeout=self.timeout,
@@ -212,7 +218,7 @@ class BananaBatchTrigger(_BananaWaitTrigger):
         if not call_ids:
             raise BananaConfigError("BananaBatchTrigger needs at least one call id")
         self.call_ids = [validate_call_id(call_id) for call_id in call_ids]
-        self.linger = validate_positive("linger", linger)
+        self.linger = validate_seconds("linger", linger)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
@@ -223,8 +229,9 @@ class BananaBatchTrigger(_BananaWaitTrigger):
         try:
             wave = await self._wave()
         except Exception as e:  # every failure becomes the one event the operator reads
-            self.log.warning("Banana batch wait failed: %s", e)
-            wave = Wave(error=f"{type(e).__name__}: {e}")
+            error = self._redactor(f"{type(e).__name__}: {e}")
+            self.log.warning("Banana batch wait failed: %s", error)
+            wave = Wave(error=error)
         self.log.info(
             "Banana batch wave: %d finished, %d failed, of %d calls in flight",
             len(wave.finished),
@@ -237,6 +244,7 @@ class BananaBatchTrigger(_BananaWaitTrigger):
         if self.expired:
             return Wave(timed_out=True)
         async with self._hook() as hook:
+            self._redactor = hook.settings.redactor
             return await hook.wait_many(
                 self.call_ids,
                 timeout=self.timeout,
