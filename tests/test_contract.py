@@ -124,7 +124,7 @@ class TestDecisionTable:
     def test_rule4_start_finished_doc_form(self) -> None:
         result = parse(START, START_FINISHED_DOC)
         assert result.finished
-        assert result.state is CallState.SUCCEEDED
+        assert result.state is CallState.FINISHED
         assert result.call_id == "call_abc"
         assert result.model_outputs == [{"caption": "a banana"}]
         assert result.api_version == "Nov 14 2021"
@@ -135,7 +135,7 @@ class TestDecisionTable:
         assert result.call_id is None
         assert result.message == ""
         assert result.model_outputs == [{"class": "111"}]
-        assert result.status_text == "succeeded"
+        assert result.status_text == "finished"
 
     def test_rule4_start_not_finished_gives_call_id(self) -> None:
         result = parse(START, START_NOT_FINISHED)
@@ -385,7 +385,7 @@ class TestWaiting:
 
     def test_waiter_reports_status_changes_and_outputs(self) -> None:
         waiter = CallWaiter.begin("call_1", timeout=100, poll_interval=5)
-        running = contract.BananaResult("call_1", False, None, "running", None)
+        running = contract.BananaRunning(call_id="call_1", message="running")
         step = waiter.observe(running, waited=50.0)
         assert step.status_changed
         assert step.outputs is None
@@ -393,7 +393,7 @@ class TestWaiting:
         step = waiter.observe(running, waited=0.5)
         assert not step.status_changed
         assert step.pause == pytest.approx(4.5)
-        done = contract.BananaResult("call_1", True, [{"x": 1}], "success", None)
+        done = contract.BananaFinished(call_id="call_1", model_outputs=[{"x": 1}], message="success")
         step = waiter.observe(done, waited=0.1)
         assert step.outputs == [{"x": 1}]
         assert step.status_changed

@@ -32,16 +32,21 @@ from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
     START,
+    BananaFinished,
     BananaResult,
     BananaRetryPolicy,
+    BananaRunning,
     BananaTimeouts,
     CallWaiter,
+    EventStatus,
     build_check_body,
     build_start_body,
+    classify_error,
     describe_retry,
     endpoint_url,
     max_reply_bytes_from_extra,
     parse_reply,
+    use_start_only,
     validate_api_key,
     validate_base_url,
     validate_call_id,
@@ -53,7 +58,6 @@ from airflow_provider_banana.exceptions import (
     BananaCallError,
     BananaCallNotFoundError,
     BananaError,
-    BananaTimeoutError,
 )
 from airflow_provider_banana.hooks import _transport
 from airflow_provider_banana.redact import Redactor
@@ -218,7 +222,7 @@ class _BananaHookBase(BaseHook):
             redactor=exchange.redactor,
             truncated=raw.truncated,
         )
-        if result.non_finite:
+        if isinstance(result, BananaFinished) and result.non_finite:
             # Not an error: the server sent them. But Airflow's XCom stores NaN and Infinity as null.
             self.log.warning(
                 "Banana call %s: the model outputs hold NaN or Infinity (which XCom stores as null) at %s",
@@ -293,7 +297,7 @@ class BananaHook(_BananaHookBase):
             logging.DEBUG if quiet else logging.INFO,
             "Banana Start: call %s, %s (apiVersion %s)",
             result.call_id or "(no id: finished at once)",
-            result.status_text if not result.finished else "finished",
+            result.status_text if isinstance(result, BananaRunning) else "finished",
             result.api_version,
         )
         return result
@@ -321,13 +325,15 @@ class BananaHook(_BananaHookBase):
         started_at: float | None = None,
         long_poll: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        deadline: float | None = None,
     ) -> list[Any]:
         """
-        Check a call until it finishes, fails or the timeout passes; log each status change.
+        Check a call until it finishes, fails or the deadline passes; log each status change.
 
         :param call_id: the callID from Start.
         :param timeout: seconds the call may take, counted from ``started_at``.
         :param started_at: ``time.time()`` when the call was started (default: now).
+        :param deadline: the absolute ``time.time()`` the wait ends at, instead of ``timeout``.
         :param long_poll: use long-poll Checks (one request per 50 s of waiting).
         :param poll_interval: least seconds between the starts of two Checks.
         :return: the ``modelOutputs`` list.
@@ -338,6 +344,7 @@ class BananaHook(_BananaHookBase):
         waiter = CallWaiter.begin(
             validate_call_id(call_id),
             timeout=timeout,
+            deadline=deadline,
             started_at=started_at,
             long_poll=long_poll,
             poll_interval=poll_interval,
@@ -370,12 +377,11 @@ class BananaHook(_BananaHookBase):
         """
         timeout = validate_seconds("timeout", timeout)
         started_at = time.time()
-        # A Start is held up to start_hold and, once sent, must not be abandoned (its answer carries
-        # the only copy of the callID), so a timeout shorter than the hold uses startOnly.
-        result = self.start(model_inputs, model_key, start_only=timeout < self.settings.timeouts.start_hold)
-        if result.finished:
-            return result.model_outputs or []
-        return self.wait(result.call_id or "", timeout=timeout, started_at=started_at)
+        start_only = use_start_only(timeout=timeout, start_hold=self.settings.timeouts.start_hold, hand_off=False)
+        result = self.start(model_inputs, model_key, start_only=start_only)
+        if isinstance(result, BananaFinished):
+            return result.model_outputs
+        return self.wait(result.call_id, timeout=timeout, started_at=started_at)
 
     def test_connection(self) -> tuple[bool, str]:
         """
@@ -589,12 +595,14 @@ class CallWatch:
                 call_id = self._waits.pop(future)
                 try:
                     finished[call_id] = future.result()
-                except BananaCallError as e:
-                    failed[call_id] = e.message
-                except BananaTimeoutError:
-                    timed_out = True
-                except Exception as e:  # transport trouble or a local problem: reported, not hidden
-                    error = f"{type(e).__name__}: {e}"
+                except Exception as e:  # transport trouble or a local problem too: reported, not hidden
+                    status, text = classify_error(e)
+                    if status is EventStatus.FAILED:
+                        failed[call_id] = text
+                    elif status is EventStatus.TIMEOUT:
+                        timed_out = True
+                    else:
+                        error = text
             ended = len(finished) + len(failed)
             if ended and first_end is None:
                 first_end = time.monotonic()
@@ -691,13 +699,15 @@ class BananaAsyncHook(_BananaHookBase):
         long_poll: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         quiet: bool = False,
+        deadline: float | None = None,
     ) -> list[Any]:
         """
-        Check a call until it finishes, fails or the timeout passes; see :meth:`BananaHook.wait`.
+        Check a call until it finishes, fails or the deadline passes; see :meth:`BananaHook.wait`.
 
         :param call_id: the callID from Start.
         :param timeout: seconds the call may take, counted from ``started_at``.
         :param started_at: ``time.time()`` when the call was started (default: now).
+        :param deadline: the absolute ``time.time()`` the wait ends at, instead of ``timeout``.
         :param long_poll: use long-poll Checks.
         :param poll_interval: least seconds between the starts of two Checks.
         :param quiet: log status changes at debug level (a batch logs its progress instead).
@@ -706,6 +716,7 @@ class BananaAsyncHook(_BananaHookBase):
         waiter = CallWaiter.begin(
             validate_call_id(call_id),
             timeout=timeout,
+            deadline=deadline,
             started_at=started_at,
             long_poll=long_poll,
             poll_interval=poll_interval,
@@ -735,11 +746,12 @@ class BananaAsyncHook(_BananaHookBase):
         self,
         call_ids: list[str],
         *,
-        timeout: float,
+        timeout: float | None = None,
         started_at: float | None = None,
         long_poll: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         linger: float = DEFAULT_LINGER,
+        deadline: float | None = None,
     ) -> Wave:
         """
         Wait on several calls at once until enough of them ended to be worth handing back.
@@ -756,9 +768,12 @@ class BananaAsyncHook(_BananaHookBase):
         :param long_poll: use long-poll Checks.
         :param poll_interval: least seconds between the starts of two Checks of one call.
         :param linger: seconds to wait for more calls to end after the first one did.
+        :param deadline: the absolute ``time.time()`` the wait ends at, instead of ``timeout``.
         :return: what ended, and whether the deadline passed or an error stopped the wait.
         """
-        watch = self.watch(timeout=timeout, started_at=started_at, long_poll=long_poll, poll_interval=poll_interval)
+        watch = self.watch(
+            timeout=timeout, deadline=deadline, started_at=started_at, long_poll=long_poll, poll_interval=poll_interval
+        )
         try:
             return await watch.wave(call_ids, linger=linger)
         finally:
@@ -767,23 +782,26 @@ class BananaAsyncHook(_BananaHookBase):
     def watch(
         self,
         *,
-        timeout: float,
+        timeout: float | None = None,
         started_at: float | None = None,
         long_poll: bool = True,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        deadline: float | None = None,
     ) -> CallWatch:
         """
         Return a :class:`CallWatch` that follows calls across waves on this hook's connection.
 
         :param timeout: seconds the calls may take, counted from ``started_at``.
         :param started_at: ``time.time()`` when the batch (this try) started (default: now).
+        :param deadline: the absolute ``time.time()`` the calls' waits end at, instead of ``timeout``.
         :param long_poll: use long-poll Checks.
         :param poll_interval: least seconds between the starts of two Checks of one call.
         """
         return CallWatch(
             functools.partial(
                 self._wait_on_own_client,
-                timeout=timeout,
+                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+                deadline=deadline,
                 started_at=time.time() if started_at is None else started_at,
                 long_poll=long_poll,
                 poll_interval=poll_interval,
@@ -815,10 +833,11 @@ class BananaAsyncHook(_BananaHookBase):
         """
         timeout = validate_seconds("timeout", timeout)
         started_at = time.time()
-        result = await self.start(model_inputs, model_key, start_only=timeout < self.settings.timeouts.start_hold)
-        if result.finished:
-            return result.model_outputs or []
-        return await self.wait(result.call_id or "", timeout=timeout, started_at=started_at)
+        start_only = use_start_only(timeout=timeout, start_hold=self.settings.timeouts.start_hold, hand_off=False)
+        result = await self.start(model_inputs, model_key, start_only=start_only)
+        if isinstance(result, BananaFinished):
+            return result.model_outputs
+        return await self.wait(result.call_id, timeout=timeout, started_at=started_at)
 
     async def _send(
         self,

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
@@ -26,22 +26,43 @@ from airflow_provider_banana.batch import (
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
+    BananaFinished,
+    BananaResult,
     BananaRetryPolicy,
+    BananaRunning,
     Reattach,
     outputs_from_event,
     reattach_decision,
+    use_start_only,
     validate_model_inputs,
     validate_poll_interval,
     validate_seconds,
 )
 from airflow_provider_banana.exceptions import BananaCallError, BananaConfigError, BananaError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook, CallWatch
+from airflow_provider_banana.operators.task_state import (
+    BATCH_CHUNK_KEY,
+    BATCH_STATE_KEY,
+    CALL_ID_KEY,
+    BatchStore,
+    StoredCall,
+)
 from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCallTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 T = TypeVar("T")
+
+__all__ = [
+    "BATCH_CHUNK_KEY",
+    "BATCH_STATE_KEY",
+    "CALL_ID_KEY",
+    "BananaBatchInferenceOperator",
+    "BananaInferenceOperator",
+    "BatchStore",
+    "StoredCall",
+]
 
 #: Seconds the deferral backstop waits past the trigger's own deadline, so that the trigger's
 #: clearer ``timeout`` event normally wins and the backstop only fires if the trigger cannot run.
@@ -55,45 +76,6 @@ _CLOSE_TIMEOUT = 30.0
 #: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
 DEFAULT_DEFER_AFTER = 5.0
 _NO_CANCEL = "Banana v4 has no cancel endpoint: the call runs on and is billed"
-#: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
-#: Renaming it on a deployed version breaks the reattachment of tries in flight.
-CALL_ID_KEY = "banana_call_id"
-
-
-class StoredCall:
-    """
-    The call id a task instance keeps in Airflow's ``task_state_store``, so a retry reattaches.
-
-    Airflow 3.3 gives each task instance a store that outlives its tries (the one
-    ``airflow.sdk.ResumableJobMixin`` uses). Where there is none (Airflow before 3.3, or
-    ``durable=False``) every method does nothing and a retried task starts a new call.
-
-    :param context: the task's context.
-    :param enabled: whether to use the store at all.
-    """
-
-    def __init__(self, context: Context, enabled: bool = True) -> None:
-        self._store: Any = context.get("task_state_store") if enabled else None
-
-    @property
-    def available(self) -> bool:
-        """Return whether call ids survive this try."""
-        return self._store is not None
-
-    def get(self) -> str | None:
-        """Return the call id an earlier try stored, if any."""
-        value = self._store.get(CALL_ID_KEY) if self._store is not None else None
-        return value if isinstance(value, str) and value else None
-
-    def save(self, call_id: str) -> None:
-        """Persist the call id before any wait, so a retry waits for it instead of paying again."""
-        if self._store is not None:
-            self._store.set(CALL_ID_KEY, call_id)
-
-    def forget(self) -> None:
-        """Drop the call id once the call ended, so clearing the task later starts a fresh call."""
-        if self._store is not None:
-            self._store.delete(CALL_ID_KEY)
 
 
 class BananaInferenceOperator(BaseOperator):
@@ -176,9 +158,11 @@ class BananaInferenceOperator(BaseOperator):
         if outputs is not None:
             return outputs
         if call_id is None:
-            call_id, outputs = self._start(inputs, stored, started_at)
-            if outputs is not None:
-                return outputs
+            result = self._start(inputs, stored)
+            if isinstance(result, BananaFinished):
+                self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
+                return result.model_outputs
+            call_id = result.call_id
         self._call_id = call_id
         context["ti"].xcom_push(key="call_id", value=call_id)
         if not self.wait_for_completion:
@@ -228,39 +212,38 @@ class BananaInferenceOperator(BaseOperator):
         previous = stored.get()
         if previous is None:
             return None, None
+        outcome: BananaResult | BananaCallError
         try:
-            outcome: Any = self.hook.check(previous, long_poll=False)
+            outcome = self.hook.check(previous, long_poll=False)
         except BananaCallError as e:
             outcome = e
         decision = reattach_decision(outcome)
-        if decision is Reattach.DONE:
+        if decision is Reattach.FINISHED:
             self.log.info("Banana call %s from an earlier try has finished; returning its outputs", previous)
             stored.forget()
-            return previous, outcome.model_outputs or []
+            return previous, cast("BananaFinished", outcome).model_outputs
         if decision is Reattach.WAIT:
             self.log.info(
                 "Reattaching to Banana call %s from an earlier try (%s) instead of starting a new one",
                 previous,
-                outcome.status_text,
+                cast("BananaRunning", outcome).status_text,
             )
             return previous, None
         self.log.warning("Banana call %s from an earlier try ended (%s); starting a new call", previous, outcome)
         stored.forget()
         return None, None
 
-    def _start(self, inputs: dict[str, Any], stored: StoredCall, started_at: float) -> tuple[str, list[Any] | None]:
-        # A waiting Start holds the worker up to start_hold, cannot be abandoned at the deadline (its
-        # answer is the only copy of the call id) and leaves nothing to reattach to if the worker dies
-        # while it waits; deferral, a durable call and a short timeout use startOnly instead.
-        short = self.timeout < self.hook.settings.timeouts.start_hold
-        start_only = self.deferrable or not self.wait_for_completion or stored.available or short
+    def _start(self, inputs: dict[str, Any], stored: StoredCall) -> BananaResult:
+        # The call is handed off (to the trigger, a sensor, or a retry through the stored id) unless
+        # the worker waits for it itself and nothing needs its id first.
+        hand_off = self.deferrable or not self.wait_for_completion or stored.available
+        start_only = use_start_only(
+            timeout=self.timeout, start_hold=self.hook.settings.timeouts.start_hold, hand_off=hand_off
+        )
         result = self.hook.start(inputs, self.model_key, start_only=start_only)
-        if result.finished:
-            self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
-            return result.call_id or "", result.model_outputs or []
-        call_id = result.call_id or ""
-        stored.save(call_id)
-        return call_id, None
+        if isinstance(result, BananaRunning):
+            stored.save(result.call_id)
+        return result
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[Any]:
         """
@@ -299,101 +282,6 @@ class BananaInferenceOperator(BaseOperator):
         """Log the running call: Banana v4 cannot cancel it."""
         if self._call_id:
             self.log.warning("Task killed while Banana call %s was running. %s", self._call_id, _NO_CANCEL)
-
-
-#: ``task_state_store`` (or XCom) keys of a batch: the plan, and its outputs in chunks.
-BATCH_STATE_KEY = "banana_batch_state"
-BATCH_CHUNK_KEY = "banana_batch_outputs_{}"
-
-
-class BatchStore:
-    """
-    Where a batch keeps its plan between deferrals and, when durable, between tries.
-
-    With Airflow 3.3's ``task_state_store`` (and ``durable=True``) the plan survives a retry, so a
-    retried task reattaches to its running calls and starts no finished input again. Without it
-    the plan lives in XCom, which Airflow keeps across the deferrals of one try and clears for the
-    next try. Outputs are written in one chunk per wave as they arrive, so each write is small;
-    the plan itself holds only the calls in flight and the failures.
-
-    :param context: the task's context.
-    :param durable: use the ``task_state_store`` when there is one.
-    """
-
-    def __init__(self, context: Context, durable: bool) -> None:
-        self._ti: Any = context["ti"]
-        self._store: Any = context.get("task_state_store") if durable else None
-        self.chunks = 0
-        #: ``time.time()`` when this try of the batch started: its deadline counts from here. Kept
-        #: in the plan, not in the deferral's kwargs, which dag.test() does not hand back.
-        self.started_at = time.time()
-
-    @property
-    def durable(self) -> bool:
-        """Return whether the plan survives a retry of the task."""
-        return self._store is not None
-
-    def _get(self, key: str) -> Any:
-        if self._store is not None:
-            return self._store.get(key)
-        return self._ti.xcom_pull(task_ids=self._ti.task_id, key=key, map_indexes=self._ti.map_index)
-
-    def _set(self, key: str, value: Any) -> None:
-        if self._store is not None:
-            self._store.set(key, value)
-        else:
-            self._ti.xcom_push(key=key, value=value)
-
-    def load(self, plan: BatchPlan) -> Any:
-        """
-        Load the persisted plan into ``plan``; return its state dict, or ``None`` if there is none.
-
-        :param plan: a fresh plan for the same inputs.
-        """
-        state = self._get(BATCH_STATE_KEY)
-        if not isinstance(state, dict) or not plan.restore(state):
-            return None
-        self.chunks = int(state.get("chunks", 0))
-        if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
-            self.started_at = float(state["started_at"])
-        return state
-
-    def outputs(self) -> dict[int, list[Any]]:
-        """Return every output persisted so far, by input index (read once, when the batch ends)."""
-        outputs: dict[int, list[Any]] = {}
-        for number in range(self.chunks):
-            chunk = self._get(BATCH_CHUNK_KEY.format(number)) or {}
-            outputs.update({int(index): value for index, value in chunk.items()})
-        return outputs
-
-    def save(self, plan: BatchPlan, new_outputs: dict[int, list[Any]]) -> None:
-        """
-        Persist the outputs that arrived since the last save, then the plan that counts them.
-
-        Outputs go first: a worker that dies between the two leaves the plan calling those calls
-        running, and the next wave finds them finished again (a Check is free; a Start is not).
-        """
-        if new_outputs:
-            self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
-            self.chunks += 1
-            new_outputs.clear()
-        self._set(
-            BATCH_STATE_KEY,
-            {
-                **plan.to_state(),
-                "chunks": self.chunks,
-                "try_number": self._ti.try_number,
-                "started_at": self.started_at,
-            },
-        )
-
-    def clear(self) -> None:
-        """Drop the plan and its outputs once the batch ended, so clearing the task starts afresh."""
-        if self._store is None:
-            return  # XCom of this try goes with the try
-        for number in range(self.chunks):
-            self._store.delete(BATCH_CHUNK_KEY.format(number))
-        self._store.delete(BATCH_STATE_KEY)
 
 
 class BananaBatchInferenceOperator(BaseOperator):
@@ -542,7 +430,7 @@ class BananaBatchInferenceOperator(BaseOperator):
             self.banana_conn_id,
             BananaRetryPolicy(max_attempts=self.max_attempts),
             linger=self.linger,
-            timeout=self.timeout,
+            deadline=deadline,
             started_at=started_at,
             long_poll=self.long_poll,
             poll_interval=self.poll_interval,
@@ -592,8 +480,8 @@ class BananaBatchInferenceOperator(BaseOperator):
                     self.log.warning("Banana refused item %d: %s", index, e.message)
                     plan.start_failed(index, e.message)
                     continue
-                if result.finished:
-                    new_outputs[index] = result.model_outputs or []
+                if isinstance(result, BananaFinished):
+                    new_outputs[index] = result.model_outputs
                 # Which input runs as which (billed) call, in the task log too: with durable=False
                 # a try that dies keeps no other record of it.
                 self.log.info("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
@@ -649,7 +537,7 @@ class _WorkerWatch:
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every Check.
     :param linger: seconds a wave lingers after its first call ended.
-    :param wait_kwargs: ``timeout``, ``started_at``, ``long_poll`` and ``poll_interval`` of
+    :param wait_kwargs: ``deadline``, ``started_at``, ``long_poll`` and ``poll_interval`` of
         :meth:`BananaAsyncHook.watch`.
     """
 

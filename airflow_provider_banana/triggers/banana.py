@@ -12,6 +12,7 @@ from airflow_provider_banana.batch import Wave
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     BananaRetryPolicy,
+    absolute_deadline,
     error_event,
     success_event,
     validate_call_id,
@@ -52,7 +53,7 @@ class _BananaWaitTrigger(BaseTrigger):
         if deadline is None:
             raise BananaConfigError(f"{type(self).__name__} needs a deadline (an absolute time.time())")
         self.banana_conn_id = banana_conn_id
-        self.deadline = float(deadline)
+        self.deadline = absolute_deadline(deadline)
         self.started_at = float(started_at) if started_at is not None else time.time()
         self.poll_interval = validate_poll_interval(poll_interval)
         self.long_poll = bool(long_poll)
@@ -157,7 +158,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
             self._redactor = hook.settings.redactor
             return await hook.wait(
                 self.call_id,
-                timeout=self.timeout,
+                deadline=self.deadline,
                 started_at=self.started_at,
                 long_poll=self.long_poll,
                 poll_interval=self.poll_interval,
@@ -247,7 +248,7 @@ class BananaBatchTrigger(_BananaWaitTrigger):
             self._redactor = hook.settings.redactor
             return await hook.wait_many(
                 self.call_ids,
-                timeout=self.timeout,
+                deadline=self.deadline,
                 started_at=self.started_at,
                 long_poll=self.long_poll,
                 poll_interval=self.poll_interval,

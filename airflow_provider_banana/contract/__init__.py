@@ -1,0 +1,158 @@
+"""
+Own the Banana v4 contract: every decision about a request or a reply, with no I/O.
+
+The hook (``requests``), the async hook used by the trigger (``httpx``), the operator and the
+sensor all call this package; none of them reads ``message`` itself. Each module has one reason to
+change:
+
+* :mod:`.validation`: what users give (arguments, connection fields), checked before any request;
+* :mod:`.wire`: the endpoints and the Start and Check bodies, and whether a Start is startOnly;
+* :mod:`.limits`: how long one request may take and how large its reply may be;
+* :mod:`.replies`: the decision table of ``shared/BANANA_API.md`` (running, finished, failed), with
+  the recorded quirks (a finished Start with ``message: ""`` and ``callID: ""``, "error" as a
+  case-insensitive substring anywhere in ``message``), and the key masked in every text it lets out;
+* :mod:`.failures`: a transport failure, as the I/O layer saw it, turned into our exception;
+* :mod:`.retries`: the one retry policy, fed to both ``tenacity.Retrying`` and ``AsyncRetrying``;
+* :mod:`.waiting`: the pacing of Checks and the reattachment of a retried task to its call;
+* :mod:`.events`: the trigger event payloads, stored in Airflow's database (a change there is a
+  compatibility change) and the one mapping of an exception to an event's outcome.
+
+Every public name is re-exported here: ``from airflow_provider_banana.contract import X`` works for
+all of them.
+"""
+
+from __future__ import annotations
+
+from airflow_provider_banana.contract.events import (
+    EventStatus,
+    classify_error,
+    error_event,
+    outputs_from_event,
+    success_event,
+)
+from airflow_provider_banana.contract.failures import (
+    TransportFailure,
+    transport_error,
+    unexpected_transport_error,
+    unusable_url,
+)
+from airflow_provider_banana.contract.limits import (
+    DEFAULT_MAX_REPLY_BYTES,
+    MIN_MAX_REPLY_BYTES,
+    BananaTimeouts,
+    RequestBudget,
+    max_reply_bytes_from_extra,
+)
+from airflow_provider_banana.contract.replies import (
+    MAX_CALL_ID_LENGTH,
+    BananaFinished,
+    BananaResult,
+    BananaRunning,
+    CallState,
+    call_error,
+    is_error_message,
+    non_finite_paths,
+    parse_reply,
+    parse_retry_after,
+    redirect_target,
+    reply_too_large,
+    undecodable_reply,
+)
+from airflow_provider_banana.contract.retries import (
+    BananaRetryPolicy,
+    describe_retry,
+    is_retryable,
+)
+from airflow_provider_banana.contract.validation import (
+    DEFAULT_BASE_URL,
+    MAX_SECONDS,
+    MIN_POLL_INTERVAL,
+    absolute_deadline,
+    number_from_extra,
+    validate_api_key,
+    validate_base_url,
+    validate_call_id,
+    validate_count,
+    validate_model_inputs,
+    validate_model_key,
+    validate_poll_interval,
+    validate_positive,
+    validate_seconds,
+)
+from airflow_provider_banana.contract.waiting import (
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    CallWaiter,
+    Reattach,
+    WaitStep,
+    pause_before_next_check,
+    reattach_decision,
+)
+from airflow_provider_banana.contract.wire import (
+    CHECK,
+    START,
+    build_check_body,
+    build_start_body,
+    endpoint_url,
+    use_start_only,
+)
+
+__all__ = [
+    "CHECK",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_REPLY_BYTES",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "MAX_CALL_ID_LENGTH",
+    "MAX_SECONDS",
+    "MIN_MAX_REPLY_BYTES",
+    "MIN_POLL_INTERVAL",
+    "START",
+    "BananaFinished",
+    "BananaResult",
+    "BananaRetryPolicy",
+    "BananaRunning",
+    "BananaTimeouts",
+    "CallState",
+    "CallWaiter",
+    "EventStatus",
+    "Reattach",
+    "RequestBudget",
+    "TransportFailure",
+    "WaitStep",
+    "absolute_deadline",
+    "build_check_body",
+    "build_start_body",
+    "call_error",
+    "classify_error",
+    "describe_retry",
+    "endpoint_url",
+    "error_event",
+    "is_error_message",
+    "is_retryable",
+    "max_reply_bytes_from_extra",
+    "non_finite_paths",
+    "number_from_extra",
+    "outputs_from_event",
+    "parse_reply",
+    "parse_retry_after",
+    "pause_before_next_check",
+    "reattach_decision",
+    "redirect_target",
+    "reply_too_large",
+    "success_event",
+    "transport_error",
+    "undecodable_reply",
+    "unexpected_transport_error",
+    "unusable_url",
+    "use_start_only",
+    "validate_api_key",
+    "validate_base_url",
+    "validate_call_id",
+    "validate_count",
+    "validate_model_inputs",
+    "validate_model_key",
+    "validate_poll_interval",
+    "validate_positive",
+    "validate_seconds",
+]

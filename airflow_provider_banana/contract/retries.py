@@ -1,0 +1,134 @@
+"""Decide what may be sent again, and after how long: the one retry policy of both hooks."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_banana.contract.wire import CHECK, START
+from airflow_provider_banana.exceptions import (
+    BananaConfigError,
+    BananaConnectError,
+    BananaHTTPError,
+    BananaProtocolError,
+    BananaReplyTooLargeError,
+    BananaResponseLostError,
+)
+
+if TYPE_CHECKING:
+    import tenacity
+
+
+#: HTTP statuses that prove a Start was refused before processing, so it may be sent again.
+_START_RETRY_STATUSES = frozenset({429, 503})
+
+
+def is_retryable(error: BaseException, endpoint: str) -> bool:
+    """
+    Return whether a request that raised ``error`` may be sent again.
+
+    Check is idempotent: connection failures, lost answers, garbled bodies, 5xx and 429 are retried.
+    Start is billed per call: it is retried only where the request provably was not taken
+    (no connection, or 429/503 answered before processing), never after it was sent and the
+    answer lost. A failed inference (:class:`BananaCallError`) is never retried here.
+
+    :param error: what the request raised.
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    """
+    if isinstance(error, BananaConnectError):
+        return True
+    if isinstance(error, BananaReplyTooLargeError):  # the same request would bring the same reply
+        return False
+    if isinstance(error, BananaHTTPError):
+        status = error.status_code or 0
+        if endpoint == START:
+            return status in _START_RETRY_STATUSES
+        return status == 429 or status >= 500
+    if isinstance(error, (BananaResponseLostError, BananaProtocolError)):
+        return endpoint == CHECK
+    return False
+
+
+@dataclass(frozen=True)
+class BananaRetryPolicy:
+    """
+    The retry policy of every request: bounded attempts, exponential backoff with jitter.
+
+    :param max_attempts: tries of one request in all, the first included (1 means no retry).
+    :param initial_delay: the first backoff, in seconds; it doubles with each attempt.
+    :param max_delay: the longest pause between two attempts, ``Retry-After`` included.
+    :param jitter: up to this many random seconds are added to each backoff, so that many
+        clients that failed together do not come back together.
+    """
+
+    max_attempts: int = 5
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    jitter: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise BananaConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        for name in ("initial_delay", "max_delay", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise BananaConfigError(f"{name} must be a number >= 0, got {value!r}")
+
+    def delay(self, attempt: int, error: BaseException | None) -> float:
+        """
+        Return the pause before attempt ``attempt + 1``.
+
+        :param attempt: the number of the attempt that just failed, from 1.
+        :param error: what it raised; a ``Retry-After`` it carries is honoured.
+        """
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.max_delay)
+        backoff = self.initial_delay * 2 ** (attempt - 1) + random.uniform(0, self.jitter)
+        return min(backoff, self.max_delay)
+
+    def tenacity_kwargs(
+        self,
+        endpoint: str,
+        *,
+        deadline: float | None = None,
+        before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Return the arguments of ``tenacity.Retrying`` / ``tenacity.AsyncRetrying`` for one request.
+
+        :param endpoint: :data:`START` or :data:`CHECK`.
+        :param deadline: a ``time.time()`` after which no retry starts (its pause would end past it).
+        :param before_sleep: called before each pause, to log it.
+        """
+
+        def retry(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            return error is not None and is_retryable(error, endpoint)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.delay(state.attempt_number, error)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            if state.attempt_number >= self.max_attempts:
+                return True
+            return deadline is not None and time.time() + state.upcoming_sleep >= deadline
+
+        kwargs: dict[str, Any] = {"retry": retry, "wait": wait, "stop": stop, "reraise": True}
+        if before_sleep is not None:
+            kwargs["before_sleep"] = before_sleep
+        return kwargs
+
+
+def describe_retry(state: tenacity.RetryCallState) -> tuple[int, float, str]:
+    """
+    Return ``(attempt, pause, reason)`` of a retry about to happen, for a log line.
+
+    :param state: tenacity's state in ``before_sleep``.
+    """
+    error = state.outcome.exception() if state.outcome else None
+    return state.attempt_number, state.upcoming_sleep, str(error)

@@ -1,0 +1,198 @@
+"""Decide, Check after Check, how waiting for a call goes, and what a retried task does with its call."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_banana.contract.replies import BananaFinished
+from airflow_provider_banana.contract.validation import absolute_deadline, validate_poll_interval, validate_seconds
+from airflow_provider_banana.exceptions import (
+    BananaCallError,
+    BananaError,
+    BananaTimeoutError,
+    BananaTransportError,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_banana.contract.replies import BananaResult
+
+#: Default seconds an inference may take, from Start to result.
+DEFAULT_TIMEOUT = 3600.0
+
+
+#: Default pause between Checks when long polling is off, or after a quick answer.
+DEFAULT_POLL_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class WaitStep:
+    """
+    What to do after one Check while waiting for a call.
+
+    :param outputs: the ``modelOutputs`` list once the call finished, else ``None``.
+    :param pause: seconds to sleep before the next Check.
+    :param status_changed: the status differs from the last one seen (worth a log line).
+    """
+
+    outputs: list[Any] | None
+    pause: float
+    status_changed: bool
+
+
+@dataclass
+class CallWaiter:
+    """
+    Decide, Check after Check, how waiting for one call goes: the sync and async loops only send.
+
+    :param call_id: the call.
+    :param deadline: ``time.time()`` after which the wait fails with :class:`BananaTimeoutError`.
+    :param timeout: the seconds the deadline stands for, for the error text.
+    :param long_poll: use long-poll Checks.
+    :param poll_interval: least seconds between the starts of two Checks.
+    :param started_at: ``time.time()`` when the call was started.
+    """
+
+    call_id: str
+    deadline: float
+    timeout: float
+    long_poll: bool
+    poll_interval: float
+    started_at: float
+    last_status: str | None = None
+    checks: int = 0
+
+    @classmethod
+    def begin(
+        cls,
+        call_id: str,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        started_at: float | None = None,
+        long_poll: bool = True,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> CallWaiter:
+        """
+        Return a waiter for a call, validating the arguments.
+
+        The wait ends at one absolute ``deadline``: given as such (a trigger's, which outlives
+        any process), or as ``timeout`` seconds from ``started_at``.
+
+        :param call_id: the call.
+        :param timeout: seconds the call may take from ``started_at`` (default :data:`DEFAULT_TIMEOUT`).
+        :param deadline: ``time.time()`` after which the wait fails; wins over ``timeout``.
+        :param started_at: ``time.time()`` of the Start (default: now).
+        :param long_poll: use long-poll Checks.
+        :param poll_interval: least seconds between the starts of two Checks.
+        :raises BananaConfigError: a bad timeout, deadline or poll interval.
+        """
+        poll_interval = validate_poll_interval(poll_interval)
+        started_at = time.time() if started_at is None else started_at
+        if deadline is None:
+            deadline = started_at + validate_seconds("timeout", DEFAULT_TIMEOUT if timeout is None else timeout)
+        deadline = absolute_deadline(deadline)
+        return cls(
+            call_id=call_id,
+            deadline=deadline,
+            # What the deadline stands for, in the error text: the whole budget from the Start.
+            timeout=max(deadline - started_at, 1e-3),
+            long_poll=long_poll,
+            poll_interval=poll_interval,
+            started_at=started_at,
+        )
+
+    def remaining(self) -> float:
+        """Return the seconds left before the deadline (negative once passed)."""
+        return self.deadline - time.time()
+
+    def elapsed(self) -> float:
+        """Return the seconds since the call was started."""
+        return time.time() - self.started_at
+
+    def expired_error(self) -> BananaTimeoutError:
+        """Return the error that reports the deadline passed."""
+        return BananaTimeoutError(self.call_id, self.timeout, self.last_status)
+
+    def raise_if_expired(self) -> None:
+        """
+        Raise if the deadline has passed.
+
+        :raises BananaTimeoutError: it has.
+        """
+        if self.remaining() <= 0:
+            raise self.expired_error()
+
+    def failure(self, error: BananaError) -> BananaError:
+        """
+        Return what a Check's error means for the wait.
+
+        A Check abandoned because the deadline came (its read timeout is cut to the deadline) is
+        the deadline, not transport trouble; anything else stands as it is.
+
+        :param error: what the Check raised.
+        """
+        if isinstance(error, BananaTransportError) and self.remaining() <= 0:
+            return self.expired_error()
+        return error
+
+    def observe(self, result: BananaResult, *, waited: float) -> WaitStep:
+        """
+        Take one Check's result and return what to do next.
+
+        :param result: the Check's result.
+        :param waited: seconds the Check took.
+        """
+        self.checks += 1
+        status = result.status_text
+        changed = status != self.last_status
+        self.last_status = status
+        if isinstance(result, BananaFinished):
+            return WaitStep(outputs=result.model_outputs, pause=0.0, status_changed=changed)
+        return WaitStep(
+            outputs=None,
+            pause=pause_before_next_check(waited, self.poll_interval, self.remaining()),
+            status_changed=changed,
+        )
+
+
+def pause_before_next_check(waited: float, poll_interval: float, remaining: float) -> float:
+    """
+    Return how long to sleep before the next Check.
+
+    A long poll that was held for ``poll_interval`` or more has already waited: no sleep. A quick
+    answer (long polling off, or a server that does not hold) is followed by the rest of
+    ``poll_interval``, so a call is never checked in a tight loop. Never sleeps past the deadline.
+
+    :param waited: seconds the last Check took.
+    :param poll_interval: the minimum time between the starts of two Checks.
+    :param remaining: seconds left before the deadline.
+    """
+    return max(0.0, min(poll_interval - waited, remaining))
+
+
+class Reattach(str, enum.Enum):
+    """What a new try does with a call an earlier try of the same task instance started."""
+
+    #: Still running: wait for it instead of paying for a new one.
+    WAIT = "wait"
+    #: Finished: its outputs are the task's result.
+    FINISHED = "finished"
+    #: Failed, expired or unknown: start a new call.
+    RESTART = "restart"
+
+
+def reattach_decision(outcome: BananaResult | BananaCallError) -> Reattach:
+    """
+    Return what to do with a stored call, given a Check of it.
+
+    Transport trouble is not an outcome: it is raised, so the try fails without starting a second
+    call for a call that may still run.
+
+    :param outcome: the Check's result, or the :class:`BananaCallError` it raised.
+    """
+    if isinstance(outcome, BananaCallError):
+        return Reattach.RESTART
+    return Reattach.FINISHED if isinstance(outcome, BananaFinished) else Reattach.WAIT
