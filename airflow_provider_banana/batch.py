@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_banana.exceptions import BananaConfigError, BananaError
+from airflow_provider_banana.contract.validation import validate_count
+from airflow_provider_banana.exceptions import BananaError
 
 #: What ``on_item_failure`` accepts.
 ON_ITEM_FAILURE = ("fail", "skip")
@@ -175,10 +176,8 @@ class BatchPlan:
     next_fresh: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
-            raise BananaConfigError(f"max_in_flight must be an integer >= 1, got {self.max_in_flight!r}")
-        if isinstance(self.item_retries, bool) or not isinstance(self.item_retries, int) or self.item_retries < 0:
-            raise BananaConfigError(f"item_retries must be an integer >= 0, got {self.item_retries!r}")
+        self.max_in_flight = validate_count("max_in_flight", self.max_in_flight)
+        self.item_retries = validate_count("item_retries", self.item_retries, minimum=0)
 
     # -- deciding ---------------------------------------------------------------------------------------
 

@@ -26,9 +26,12 @@ For each kind of trigger and each N, on a fresh local server (a subprocess on 12
    - detection delay: the time the event was yielded minus the call's ``until`` (the instant the
      server's model finished it), at p50, p99 and max.
 
-Kinds: ``banana`` is :class:`~airflow_provider_banana.triggers.banana.BananaCallTrigger`;
-``naive-5`` and ``naive-60`` are :class:`benchmarks.naive_trigger.NaivePollTrigger` at a 5 s
-and a 60 s poll interval (a new client per Check, no long poll), the baselines.
+Kinds: ``banana`` is :class:`~airflow_provider_banana.triggers.banana.BananaCallTrigger` of this
+checkout; ``banana@REF`` is the same trigger as it was at git revision ``REF`` (the provider's
+package is extracted from git into a temporary directory and the child imports it from there), so
+that a change can be measured side by side with what it replaces, in one run and on one server;
+``naive-5`` and ``naive-60`` are :class:`benchmarks.naive_trigger.NaivePollTrigger` at a 5 s and a
+60 s poll interval (a new client per Check, no long poll), the baselines.
 
 Every request goes to 127.0.0.1; every loop is bounded and the run ends by itself.
 """
@@ -70,9 +73,10 @@ from benchmarks.common import (
 
 #: The server's long-poll hold: the devserver's default and Banana's own, on both sides.
 CHECK_HOLD = 50.0
-#: Trigger kinds, in table order. ``banana-client-per-hook`` is the provider as it was before hooks
-#: shared clients (``HOOKS_PER_CLIENT = 1``: every trigger builds and closes its own client).
-KINDS = ("banana", "banana-client-per-hook", "naive-5", "naive-60")
+#: Trigger kinds, in table order; ``banana@REF`` (see the module docstring) may be added.
+KINDS = ("banana", "naive-5", "naive-60")
+#: The last revision whose async hook spoke httpx (one client per 16 hooks): the transport baseline.
+HTTPX_BASELINE = "banana@48c0240"
 _POLL_INTERVALS = {"naive-5": 5.0, "naive-60": 60.0}
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -204,13 +208,10 @@ def child_main(answer_fd: int) -> int:
     # The trigger logs status changes at INFO, as in a triggerer; Airflow sends them to stdout, a file.
     # Import everything up front and run one trigger to the end: lazy imports and one-time set-up
     # (the shared SSL context, the secrets backends) are paid before the baseline is taken.
-    from airflow_provider_banana.triggers.banana import BananaCallTrigger  # noqa: F401
-    from benchmarks.naive_trigger import NaivePollTrigger  # noqa: F401
-
-    if config["kind"] == "banana-client-per-hook":
-        from airflow_provider_banana.hooks import banana as hooks
-
-        hooks.HOOKS_PER_CLIENT = 1
+    if config["kind"].startswith("banana"):
+        from airflow_provider_banana.triggers.banana import BananaCallTrigger  # noqa: F401
+    else:
+        from benchmarks.naive_trigger import NaivePollTrigger  # noqa: F401
 
     async def warm_up() -> None:
         await _first_event(_make_trigger(config["kind"], config["warm_up_call"], time.time()))
@@ -226,6 +227,19 @@ def child_main(answer_fd: int) -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # The parent: a server, the calls, and a child per measurement.
+
+
+def provider_at(ref: str, into: Path) -> Path:
+    """Extract the provider's package as it was at git revision ``ref``; return the directory to import it from.
+
+    :param ref: a git revision of this repository.
+    :param into: an empty directory.
+    """
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "airflow_provider_banana"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any]:
@@ -248,12 +262,14 @@ def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any
     ):
         warm_up_call = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, [time.time()]))[0]
         conn = {"conn_type": "banana", "host": srv.url, "password": "bench-api-key", "extra": {"model_key": "sleep"}}
+        # banana@REF: the provider as it was at REF comes first on the child's path.
+        paths = [str(provider_at(kind.split("@", 1)[1], Path(tmp))), str(ROOT)] if "@" in kind else [str(ROOT)]
         env = {
             **os.environ,
             "AIRFLOW_CONN_BANANA_DEFAULT": json.dumps(conn),
             "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": os.pathsep.join(paths),
         }
         log_path = Path(tmp) / "child.log"
         # Airflow's logging writes to stdout, so the child answers on a pipe of its own.
@@ -407,7 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--answer-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--n", default="100,1000", help="comma-separated trigger counts (default: %(default)s)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds (default: %(default)s)")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma-separated kinds (default: %(default)s; {HTTPX_BASELINE} is the httpx transport baseline)",
+    )
     parser.add_argument("--window", type=float, default=60.0, help="seconds the finishes are spread over")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """
 Own the Banana v4 contract: every decision about a request or a reply, with no I/O.
 
-The hook (``requests``), the async hook used by the trigger (``httpx``), the operator and the
+The hook (``requests``), the async hook used by the trigger (``aiohttp``), the operator and the
 sensor all call this package; none of them reads ``message`` itself. Each module has one reason to
 change:
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_banana.contract.validation import validate_count, validate_seconds
 from airflow_provider_banana.contract.wire import CHECK, START
 from airflow_provider_banana.exceptions import (
-    BananaConfigError,
     BananaConnectError,
     BananaHTTPError,
     BananaProtocolError,
@@ -70,12 +70,10 @@ class BananaRetryPolicy:
     jitter: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise BananaConfigError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        # Frozen: the checked values are set through object.__setattr__.
+        object.__setattr__(self, "max_attempts", validate_count("max_attempts", self.max_attempts))
         for name in ("initial_delay", "max_delay", "jitter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise BananaConfigError(f"{name} must be a number >= 0, got {value!r}")
+            object.__setattr__(self, name, validate_seconds(name, getattr(self, name), zero_ok=True))
 
     def delay(self, attempt: int, error: BaseException | None) -> float:
         """

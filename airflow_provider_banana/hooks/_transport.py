@@ -2,7 +2,7 @@
 Send one request's bytes and bring back its reply's bytes, within a whole-request time and size limit.
 
 The hooks' thin I/O layer, one function per half: :func:`post` (``requests``) and :func:`apost`
-(``httpx``). Each promises the same, whatever the server or a gateway in front of it does:
+(``aiohttp``). Each promises the same, whatever the server or a gateway in front of it does:
 
 * no redirect is followed (the body carries the API key; the 3xx comes back as a reply, and the
   contract makes it an error);
@@ -41,7 +41,7 @@ from airflow_provider_banana.exceptions import BananaError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import httpx
+    import aiohttp
     import requests
 
     from airflow_provider_banana.redact import Redactor
@@ -358,78 +358,76 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The async half: httpx. Its timeouts are per operation too; asyncio.wait_for holds the whole exchange.
+# The async half: aiohttp. Its ``total`` timeout is a wall-clock limit on the whole exchange, body
+# included (a timer cancels the request when it runs out), so a trickle cannot outlive it.
 
 
-def _httpx_failure(error: httpx.TransportError) -> TransportFailure:
-    import httpx
+def _aiohttp_failure(error: BaseException) -> TransportFailure:
+    import aiohttp
 
-    if isinstance(error, httpx.ConnectTimeout):
+    # Order matters: a connection timeout is a ServerTimeoutError and an asyncio.TimeoutError too.
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
         return TransportFailure.CONNECT_TIMEOUT
-    if isinstance(error, httpx.PoolTimeout):
-        return TransportFailure.POOL_TIMEOUT
-    if isinstance(error, httpx.ConnectError):
+    if isinstance(error, (aiohttp.ClientConnectorError, aiohttp.ClientProxyConnectionError)):
         return TransportFailure.CONNECT
-    if isinstance(error, httpx.ReadTimeout):
+    if isinstance(error, asyncio.TimeoutError):
         return TransportFailure.READ_TIMEOUT
-    if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError)):
+    if isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
         return TransportFailure.CONNECTION_LOST
     return TransportFailure.OTHER
 
 
-async def apost(client: httpx.AsyncClient, exchange: Exchange) -> RawReply:
+async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
     """
-    Send one POST through ``client`` and return its reply's bytes; see :func:`post`.
+    Send one POST through ``session`` and return its reply's bytes; see :func:`post`.
 
-    :param client: an ``httpx.AsyncClient`` that does not follow redirects (httpx's default).
+    :param session: the connection's ``aiohttp.ClientSession`` (see the hook's lease).
     :param exchange: the request and its limits.
     :raises BananaError: the exchange failed; nothing else comes out.
     """
-    import httpx
-
-    try:
-        return await asyncio.wait_for(_aexchange(client, exchange), exchange.budget.total)
-    except BananaError:
-        raise
-    except asyncio.TimeoutError:
-        raise exchange.timed_out() from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
-        raise unusable_url(str(e), redactor=exchange.redactor) from None
-    except httpx.DecodingError as e:
-        raise exchange.undecodable(e) from None
-    except httpx.TransportError as e:
-        raise exchange.failed(_httpx_failure(e), e) from None
-    except Exception as e:  # anything else the libraries raise on bytes they did not expect
-        raise exchange.unexpected(e) from None
-
-
-async def _aexchange(client: httpx.AsyncClient, exchange: Exchange) -> RawReply:
-    import httpx
+    import aiohttp
 
     budget = exchange.budget
-    timeout = httpx.Timeout(budget.total, connect=budget.connect, pool=budget.connect)
-    async with client.stream("POST", exchange.url, content=exchange.body, timeout=timeout) as response:
-        status_code = response.status_code
-        declared = _declared_length(response.headers)
-        if status_code == 200 and declared is not None and declared > exchange.limit:
-            raise exchange.too_large()
-        cap = exchange.limit if status_code == 200 else ERROR_BODY_BYTES
-        kept: list[bytes] = []
-        size = 0
-        truncated = False
-        async for chunk in response.aiter_bytes(_CHUNK):
-            size += len(chunk)
-            if size > cap:
-                if status_code == 200:
-                    raise exchange.too_large()
-                kept.append(chunk[: len(chunk) - (size - cap)])
-                truncated = True
-                break
-            kept.append(chunk)
-        return RawReply(
-            status_code=status_code,
-            content=b"".join(kept),
-            retry_after=response.headers.get("Retry-After"),
-            location=response.headers.get("Location"),
-            truncated=truncated,
-        )
+    timeout = aiohttp.ClientTimeout(total=budget.total, connect=budget.connect, sock_connect=budget.connect)
+    try:
+        async with session.post(exchange.url, data=exchange.body, timeout=timeout, allow_redirects=False) as response:
+            status_code = response.status
+            declared = response.content_length
+            if status_code == 200 and declared is not None and declared > exchange.limit:
+                raise exchange.too_large()
+            cap = exchange.limit if status_code == 200 else ERROR_BODY_BYTES
+            kept: list[bytes] = []
+            size = 0
+            truncated = False
+            # Decompressed chunks: the limit counts what the body inflates to, not what was sent.
+            async for chunk in response.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > cap:
+                    if status_code == 200:
+                        raise exchange.too_large()
+                    kept.append(chunk[: len(chunk) - (size - cap)])
+                    truncated = True
+                    break
+                kept.append(chunk)
+            return RawReply(
+                status_code=status_code,
+                content=b"".join(kept),
+                retry_after=response.headers.get("Retry-After"),
+                location=response.headers.get("Location"),
+                truncated=truncated,
+            )
+    except BananaError:
+        raise
+    except aiohttp.InvalidURL as e:
+        raise unusable_url(str(e), redactor=exchange.redactor) from None
+    except aiohttp.ClientPayloadError as e:
+        if isinstance(e.__cause__, aiohttp.http_exceptions.ContentEncodingError) or "encoding" in str(e).lower():
+            raise exchange.undecodable(e) from None
+        raise exchange.failed(TransportFailure.CONNECTION_LOST, e) from None
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        failure = _aiohttp_failure(e)
+        if failure is TransportFailure.READ_TIMEOUT:
+            raise exchange.timed_out() from None
+        raise exchange.failed(failure, e) from None
+    except Exception as e:  # anything else the libraries raise on bytes they did not expect
+        raise exchange.unexpected(e) from None

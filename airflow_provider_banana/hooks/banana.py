@@ -2,7 +2,7 @@
 Talk to a Banana-compatible inference API: connection, HTTP, retries.
 
 :class:`BananaHook` is the synchronous half (``requests``, one keep-alive session per hook),
-:class:`BananaAsyncHook` the asynchronous half used by the trigger (``httpx``). Both have the same
+:class:`BananaAsyncHook` the asynchronous half used by the trigger (``aiohttp``). Both have the same
 method names and send bytes only: every decision about a request or a reply is made in
 :mod:`airflow_provider_banana.contract`.
 """
@@ -20,7 +20,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import tenacity
 from airflow.sdk import BaseHook
 
@@ -65,6 +64,7 @@ from airflow_provider_banana.redact import Redactor
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
+    import aiohttp
     import requests
     from airflow.sdk import Connection
 
@@ -100,10 +100,10 @@ class BananaSettings:
     timeouts: BananaTimeouts = field(default_factory=BananaTimeouts)
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
 
-    @functools.cached_property
+    @property
     def redactor(self) -> Redactor:
         """Return what masks the API key in every text that leaves the provider."""
-        return Redactor(self.api_key)
+        return _redactor_for(self.api_key)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> BananaSettings:
@@ -132,6 +132,12 @@ class BananaSettings:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+@functools.lru_cache(maxsize=32)
+def _redactor_for(secret: str) -> Redactor:
+    # Compiling the patterns costs ~0.1 ms: once per key, not once per hook (10,000 triggers).
+    return Redactor(secret)
+
+
 def _connection_test_result(settings: BananaSettings, error: BaseException | None) -> tuple[bool, str]:
     where = settings.base_url
     if error is None or isinstance(error, BananaCallNotFoundError):
@@ -145,7 +151,7 @@ class _BananaHookBase(BaseHook):
     """
     What the sync and async hooks share: the connection, request bodies, retries, reply parsing.
 
-    No I/O here: the subclasses only send bytes (httpx's ``BaseClient`` pattern).
+    No I/O here: the subclasses only send bytes (the pattern of httpx's ``BaseClient``).
 
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
@@ -423,117 +429,114 @@ class BananaHook(_BananaHookBase):
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     # Building an SSL context loads the CA bundle: ~25 ms of CPU. Fifty triggers starting together
-    # would stall the triggerer's event loop for over a second, so every client shares one. An
-    # SSLContext is not tied to an event loop, unlike a client's connections.
-    return httpx.create_ssl_context()
+    # would stall the triggerer's event loop for over a second, so every session shares one. An
+    # SSLContext is not tied to an event loop, unlike a session's connections. certifi's bundle,
+    # as requests uses, so that both hooks trust the same servers.
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-#: Most hooks open at once on one event loop that share one ``httpx.AsyncClient``. Neither extreme
-#: holds 10,000 triggers: httpcore's pool does work per open connection on every request and
-#: response (encode/httpx#3215), and each trigger holds a connection in a long poll, so one client
-#: for all of them is quadratic; a client per hook costs ~0.35 ms of CPU to build (it reads the
-#: proxy variables of the environment) and a few KiB. Small shards keep the pool's work small and
-#: let a new trigger reuse a connection an ended one left idle (figures in benchmarks/README.md).
-HOOKS_PER_CLIENT = 16
+class _LoopSessions:
+    """The HTTP sessions of one event loop: one per connection (base URL and key), for every hook.
 
-
-class _SharedClients:
-    """The clients the hooks of one event loop share, per base URL and API key.
-
-    Hooks of different connections never share a client, so nothing a server sets on a client
-    (cookies) crosses from one connection to another. Leasing and releasing are O(1).
+    This is the one lease primitive of the async side: a trigger, a batch trigger and a batch's
+    worker watch all enter a :class:`BananaAsyncHook`, which leases its connection's session here
+    and gives it back on exit; the last user closes it. An aiohttp session's pool costs the same
+    per request however many requests share it, so one session holds any number of long polls.
+    Hooks of different connections never share a session, so nothing a server sets (cookies, which
+    are ignored anyway) crosses from one connection to another.
     """
 
     def __init__(self) -> None:
-        self.users: dict[httpx.AsyncClient, int] = {}
-        self.key_of: dict[httpx.AsyncClient, tuple[str, str]] = {}
-        # Per key, the clients with room for another hook (a dict as an ordered set).
-        self.roomy: dict[tuple[str, str], dict[httpx.AsyncClient, None]] = {}
-        self.lookups: dict[str, asyncio.Future[Connection]] = {}
+        self.sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self.users: dict[tuple[str, str], int] = {}
+        self.lookups: dict[str, asyncio.Future[BananaSettings]] = {}
 
-    async def connection(self, conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> Connection:
-        """Return a connection, joining a lookup of the same id already in flight on this loop.
+    async def settings(self, conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> BananaSettings:
+        """Return a connection's settings, joining a lookup of the same id already in flight on this loop.
 
-        A lookup costs ~0.5 ms of CPU (the environment-variable backend runs in a thread), and a
-        triggerer that restarts or takes over another's triggers starts thousands of hooks at once;
-        they all wait for one lookup. Nothing is cached: the next lookup after it ends is fresh.
+        A lookup costs ~0.5 ms of CPU (the environment-variable backend runs in a thread), reading
+        and validating it and registering its key with the secret masker more, and a triggerer that
+        restarts or takes over another's triggers starts thousands of hooks at once; they all wait
+        for one lookup and share its settings. Nothing is cached: the next lookup after it ends is
+        fresh, so a changed connection is seen by the next hook.
 
         :param conn_id: the Airflow connection id.
         :param lookup: resolves a connection id (the hook's ``aget_connection``).
+        :raises BananaConfigError: the connection is not a usable Banana connection.
         """
         pending = self.lookups.get(conn_id)
         if pending is None:
-            pending = asyncio.ensure_future(lookup(conn_id))
+            pending = asyncio.ensure_future(_resolve(conn_id, lookup))
             self.lookups[conn_id] = pending
             pending.add_done_callback(functools.partial(self._lookup_done, conn_id))
         # Shielded: one hook cancelled while it waits must not cancel the lookup for the others.
         return await asyncio.shield(pending)
 
-    def _lookup_done(self, conn_id: str, future: asyncio.Future[Connection]) -> None:
+    def _lookup_done(self, conn_id: str, future: asyncio.Future[BananaSettings]) -> None:
         if self.lookups.get(conn_id) is future:
             del self.lookups[conn_id]
         if not future.cancelled():
             future.exception()  # retrieved: every waiter may have been cancelled meanwhile
 
-    def lease(self, key: tuple[str, str]) -> httpx.AsyncClient:
-        """Return a client with room for one more hook, opening one if none has; count the hook in.
+    def lease(self, key: tuple[str, str]) -> aiohttp.ClientSession:
+        """Return the connection's session, opening it for its first user; count the user in.
 
         :param key: the base URL and the API key.
         """
-        roomy = self.roomy.setdefault(key, {})
-        client = next(iter(roomy), None)
-        if client is None:
-            client = _new_client()
-            roomy[client] = None
-            self.users[client] = 0
-            self.key_of[client] = key
-        self.users[client] += 1
-        if self.users[client] >= HOOKS_PER_CLIENT:
-            del roomy[client]
-        return client
+        session = self.sessions.get(key)
+        if session is None:
+            session = self.sessions[key] = _new_session()
+            self.users[key] = 0
+        self.users[key] += 1
+        return session
 
-    def release(self, client: httpx.AsyncClient) -> bool:
-        """Count a hook out of its client.
+    async def release(self, key: tuple[str, str]) -> None:
+        """Count a user out of the connection's session; the last one closes it.
 
-        :param client: what :meth:`lease` returned.
-        :return: whether no hook uses the client any more and it left the share (the caller closes it).
+        :param key: what :meth:`lease` was given.
         """
-        if client not in self.users:  # not leased here: nobody else uses it
-            return True
-        self.users[client] -= 1
-        roomy = self.roomy[self.key_of[client]]
-        if self.users[client] > 0:
-            roomy[client] = None
-            return False
-        del self.users[client], self.key_of[client]
-        roomy.pop(client, None)
-        return True
+        self.users[key] -= 1
+        if self.users[key] == 0:
+            del self.users[key]
+            await self.sessions.pop(key).close()
 
 
-# A client is bound to the loop it was made in (dag.test() runs each deferral in a fresh loop), so
-# clients are shared per loop, and a loop's share goes away with the loop.
-_SHARES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedClients] = weakref.WeakKeyDictionary()
+# A session is bound to the loop it was made in (dag.test() runs each deferral in a fresh loop), so
+# sessions are kept per loop, and a loop's sessions go away with the loop.
+_SHARES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSessions] = weakref.WeakKeyDictionary()
 _SHARES_LOCK = threading.Lock()
 
 
-def _new_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+def _new_session() -> aiohttp.ClientSession:
+    import aiohttp  # here, not at the top: DAG files import the operator at every parse
+
+    return aiohttp.ClientSession(
         headers=_HEADERS,
-        verify=_ssl_context(),
         # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
-        # httpcore closes an idle connection once the pool holds more connections than this (all of
-        # them, not the idle ones), so anything smaller than the hooks sharing the client would close
-        # a connection between two long polls of one hook, and every re-poll would reconnect.
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=HOOKS_PER_CLIENT),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=_ssl_context()),
+        # The hooks only send JSON bodies and read replies: a server's cookies are not kept.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Proxies from the environment apply, as they do for requests on the sync side.
+        trust_env=False,
+        # Each request sets its own whole-request limit (see _transport.apost).
+        timeout=aiohttp.ClientTimeout(total=None),
     )
 
 
-def _loop_share() -> _SharedClients:
+async def _resolve(conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> BananaSettings:
+    settings = BananaSettings.from_connection(await lookup(conn_id))
+    await _amask(settings.api_key)
+    return settings
+
+
+def _loop_share() -> _LoopSessions:
     loop = asyncio.get_running_loop()
     with _SHARES_LOCK:  # one share per loop, even when loops in several threads start together
         share = _SHARES.get(loop)
         if share is None:
-            share = _SHARES[loop] = _SharedClients()
+            share = _SHARES[loop] = _LoopSessions()
     return share
 
 
@@ -624,10 +627,10 @@ class BananaAsyncHook(_BananaHookBase):
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
 
     Use it as ``async with BananaAsyncHook(conn_id) as hook:``: entering resolves the connection
-    without blocking the loop and leases an ``httpx.AsyncClient`` shared with up to
-    ``HOOKS_PER_CLIENT`` other hooks of the same event loop and connection; exiting returns it, and
-    the last user closes it. A client is bound to the loop it was made in, and ``dag.test()`` runs
-    each deferral in a fresh loop, so clients are never kept past their loop.
+    without blocking the loop and leases the ``aiohttp.ClientSession`` that every hook of the same
+    event loop and connection shares; exiting gives it back, and the last user closes it. A session
+    is bound to the loop it was made in, and ``dag.test()`` runs each deferral in a fresh loop, so
+    sessions are never kept past their loop.
 
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
@@ -642,21 +645,22 @@ class BananaAsyncHook(_BananaHookBase):
     ) -> None:
         super().__init__(banana_conn_id, retry_policy=retry_policy, logger_name=logger_name)
         self._settings: BananaSettings | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BananaAsyncHook:
         share = _loop_share()
-        conn = await share.connection(self.banana_conn_id, self.aget_connection)
-        self._settings = BananaSettings.from_connection(conn)
-        await _amask(self._settings.api_key)
-        # Shared with up to HOOKS_PER_CLIENT other hooks of this loop and connection (see there why).
-        self._client = share.lease((self._settings.base_url, self._settings.api_key))
+        self._settings = await share.settings(self.banana_conn_id, self.aget_connection)
+        self._session = share.lease(self._lease_key)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        client, self._client = self._client, None
-        if client is not None and _loop_share().release(client):
-            await client.aclose()
+        if self._session is not None:
+            self._session = None
+            await _loop_share().release(self._lease_key)
+
+    @property
+    def _lease_key(self) -> tuple[str, str]:
+        return self.settings.base_url, self.settings.api_key
 
     @property
     def settings(self) -> BananaSettings:
@@ -799,7 +803,8 @@ class BananaAsyncHook(_BananaHookBase):
         """
         return CallWatch(
             functools.partial(
-                self._wait_on_own_client,
+                self.wait,
+                quiet=True,
                 timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
                 deadline=deadline,
                 started_at=time.time() if started_at is None else started_at,
@@ -807,18 +812,6 @@ class BananaAsyncHook(_BananaHookBase):
                 poll_interval=poll_interval,
             )
         )
-
-    async def _wait_on_own_client(self, call_id: str, **wait_kwargs: Any) -> list[Any]:
-        # Each call of a batch is followed by a hook of its own, on a client leased as a trigger's
-        # is: hundreds of long polls through this hook's one client would make that client's pool
-        # work grow with the square of the calls in flight (see HOOKS_PER_CLIENT).
-        sibling = BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy)
-        sibling._settings = settings = self.settings
-        sibling._client = _loop_share().lease((settings.base_url, settings.api_key))
-        try:
-            return await sibling.wait(call_id, quiet=True, **wait_kwargs)
-        finally:
-            await sibling.__aexit__()
 
     async def run(
         self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
@@ -849,14 +842,14 @@ class BananaAsyncHook(_BananaHookBase):
         deadline: float | None = None,
     ) -> BananaResult:
         settings = self.settings
-        client = self._client
-        if client is None:
+        session = self._session
+        if session is None:
             raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
         retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(endpoint, deadline))
         async for attempt in retrying:
             with attempt:
                 exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                raw = await _transport.apost(client, exchange)
+                raw = await _transport.apost(session, exchange)
                 if len(raw.content) > _PARSE_IN_THREAD_BYTES:
                     # Parsing tens of MiB takes a good part of a second: not on the triggerer's loop.
                     return await asyncio.to_thread(self._reply, exchange, raw)
