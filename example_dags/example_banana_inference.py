@@ -34,6 +34,9 @@ with DAG(
         model_key="wordcount",
         model_inputs={"prompt": "Bananas ripen faster in a paper bag, run {{ run_id }}"},
         deferrable=True,
+        # Defer right after the Start, so that this example shows the triggerer's side. The default
+        # (5 s) would wait in the worker first, and a call this short would finish there.
+        defer_after=0,
         timeout=600,
     )
 

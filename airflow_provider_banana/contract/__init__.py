@@ -27,6 +27,7 @@ from airflow_provider_banana.contract.events import (
     EventStatus,
     classify_error,
     error_event,
+    event_summary,
     outputs_from_event,
     success_event,
 )
@@ -82,6 +83,7 @@ from airflow_provider_banana.contract.validation import (
 from airflow_provider_banana.contract.waiting import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
+    PROGRESS_EVERY,
     CallWaiter,
     Reattach,
     WaitStep,
@@ -107,6 +109,7 @@ __all__ = [
     "MAX_SECONDS",
     "MIN_MAX_REPLY_BYTES",
     "MIN_POLL_INTERVAL",
+    "PROGRESS_EVERY",
     "START",
     "BananaFinished",
     "BananaResult",
@@ -128,6 +131,7 @@ __all__ = [
     "describe_retry",
     "endpoint_url",
     "error_event",
+    "event_summary",
     "is_error_message",
     "is_retryable",
     "max_reply_bytes_from_extra",

@@ -51,23 +51,28 @@ def classify_error(error: BaseException, redactor: Redactor | None = None) -> tu
     return EventStatus.ERROR, redact(describe_error(error))
 
 
-def success_event(call_id: str, model_outputs: list[Any], message: str = "success") -> dict[str, Any]:
+def success_event(call_id: str, model_outputs: list[Any], message: str = "success", **summary: float) -> dict[str, Any]:
     """
     Return the payload of a call that finished.
 
     :param call_id: the call.
     :param model_outputs: its ``modelOutputs`` list.
     :param message: Banana's message.
+    :param summary: the watch's figures for the task's log (``checks``, ``elapsed``): added keys,
+        which a reader of an older payload does without.
     """
     return {
         "status": EventStatus.FINISHED.value,
         "call_id": call_id,
         "model_outputs": model_outputs,
         "message": message,
+        **summary,
     }
 
 
-def error_event(call_id: str, error: BaseException, *, redactor: Redactor | None = None) -> dict[str, Any]:
+def error_event(
+    call_id: str, error: BaseException, *, redactor: Redactor | None = None, **summary: float
+) -> dict[str, Any]:
     """
     Return the payload that reports ``error`` raised while waiting for a call.
 
@@ -76,12 +81,36 @@ def error_event(call_id: str, error: BaseException, *, redactor: Redactor | None
     :param call_id: the call.
     :param error: a failed call (``failed``), our deadline (``timeout``), or anything else (``error``).
     :param redactor: masks the key in the message (our exceptions mask it already; this covers any other).
+    :param summary: the watch's figures for the task's log, as for :func:`success_event`.
     """
     status, message = classify_error(error, redactor)
-    payload: dict[str, Any] = {"status": status.value, "call_id": call_id, "model_outputs": None, "message": message}
+    payload: dict[str, Any] = {
+        "status": status.value,
+        "call_id": call_id,
+        "model_outputs": None,
+        "message": message,
+        **summary,
+    }
     if isinstance(error, BananaTimeoutError):
         payload["timeout"] = error.timeout
     return payload
+
+
+def event_summary(event: Any) -> str:
+    """
+    Return the trigger's summary an event carries, for the task's log ("" if it has none).
+
+    Airflow 3.3 truncates a trigger's log at each deferral of the same try, so the task's own log
+    keeps this line.
+
+    :param event: the payload handed to ``execute_complete``.
+    """
+    if not isinstance(event, Mapping):
+        return ""
+    elapsed, checks = event.get("elapsed"), event.get("checks")
+    if not isinstance(elapsed, (int, float)) or not isinstance(checks, int) or isinstance(checks, bool):
+        return ""
+    return f"{elapsed:.1f} s after its Start, {checks} Checks from the triggerer"
 
 
 def outputs_from_event(event: Any) -> tuple[str, list[Any]]:

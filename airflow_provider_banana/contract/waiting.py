@@ -26,6 +26,10 @@ DEFAULT_TIMEOUT = 3600.0
 #: Default pause between Checks when long polling is off, or after a quick answer.
 DEFAULT_POLL_INTERVAL = 5.0
 
+#: Least seconds between two progress lines of one wait when its status does not change: about
+#: one per long poll (Banana holds one 50 s), so an hour's call logs some 70 lines, not thousands.
+PROGRESS_EVERY = 50.0
+
 
 @dataclass(frozen=True)
 class WaitStep:
@@ -35,11 +39,14 @@ class WaitStep:
     :param outputs: the ``modelOutputs`` list once the call finished, else ``None``.
     :param pause: seconds to sleep before the next Check.
     :param status_changed: the status differs from the last one seen (worth a log line).
+    :param log_line: the lazy log line (format, then arguments) worth writing now, if any: a status
+        change, or a progress line at most once per :data:`PROGRESS_EVERY` seconds.
     """
 
     outputs: list[Any] | None
     pause: float
     status_changed: bool
+    log_line: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -63,6 +70,7 @@ class CallWaiter:
     started_at: float
     last_status: str | None = None
     checks: int = 0
+    last_logged: float = 0.0
 
     @classmethod
     def begin(
@@ -149,12 +157,29 @@ class CallWaiter:
         status = result.status_text
         changed = status != self.last_status
         self.last_status = status
+        now = time.time()
+        line: tuple[Any, ...] | None = None
         if isinstance(result, BananaFinished):
+            # The outcome is the caller's to log, once, with what it knows (the trigger: its Checks).
             return WaitStep(outputs=result.model_outputs, pause=0.0, status_changed=changed)
+        if changed:
+            line = ("Banana call %s is %s after %.1f s", self.call_id, status, now - self.started_at)
+        elif now - self.last_logged >= PROGRESS_EVERY:
+            line = (
+                "Banana call %s is still %s after %.1f s (%d Checks; %.0f s left before the deadline)",
+                self.call_id,
+                status,
+                now - self.started_at,
+                self.checks,
+                self.deadline - now,
+            )
+        if line is not None:
+            self.last_logged = now
         return WaitStep(
             outputs=None,
             pause=pause_before_next_check(waited, self.poll_interval, self.remaining()),
             status_changed=changed,
+            log_line=line,
         )
 
 

@@ -29,11 +29,24 @@ Command line
     and N asyncio workers.
 ``--model KEY=URL`` (repeatable)
     Serve modelKey ``KEY`` from an external model server: the call's
-    ``modelInputs`` are POSTed as JSON to ``URL/``. A 200 JSON reply becomes
-    ``modelOutputs[0]``; 423 means busy: the call goes back to ``queued`` and is
+    ``modelInputs`` are POSTed as JSON to ``URL`` exactly as given
+    (``http://127.0.0.1:8000`` and ``…:8000/`` reach ``POST /``, ``…:8000/sleep`` reaches a
+    Potassium ``@app.handler("/sleep")``, which would answer ``/sleep/`` with 404). A 200 JSON
+    reply becomes ``modelOutputs[0]``; 423 means busy: the call goes back to ``queued`` and is
     retried after 0.2 s, backing off to 2 s; any other status, a non-JSON reply or
-    a transport failure fails the call with a message naming it (body cut to 200
-    characters). ``--model-timeout SECONDS`` bounds one request (default 600).
+    a transport failure fails the call with a message naming it and quoting the end of the
+    body: its last 5 non-empty lines (an HTML page's text), at most 500 characters, so that a
+    traceback's exception line (``ValueError: bad weights``) is in it.
+``--model-concurrency N`` / ``--model-concurrency KEY=N`` (repeatable)
+    Requests each external model server gets at once (default 1: Potassium runs one handler
+    at a time; 0.5.0 queues the others inside itself, 0.4.x answers them 500). Further calls
+    wait in the devserver's queue, reported ``queued``. Models whose URLs share
+    ``scheme://host:port`` are one server and share the limit (a Potassium app's routes).
+    ``N`` sets it for every server, ``KEY=N`` for the server of model ``KEY`` (two keys on one
+    server given different values are refused); ``0`` means no limit beyond ``--replicas``.
+``--model-timeout SECONDS``
+    Bounds one request to an external model server (default 600), counted from when it is
+    sent: a call waiting for its turn never times out because others are slow.
 ``--quirk-empty-message``
     Answer a Start that finished within its hold with ``"message": ""`` and
     ``"callID": ""`` (still ``finished: true`` with the outputs): the form
@@ -52,7 +65,8 @@ Command line
 
 The server raises its soft open-file limit to the hard limit (every held request
 is a socket), sets no concurrency cap, and on SIGTERM or SIGINT answers every held
-request with the call's current state before it exits.
+request with the call's current state before it exits. A held Start or Check whose
+client disconnects stops being held (and counted) at once; its call runs on.
 
 Replies
 =======
@@ -116,7 +130,11 @@ unless ``$BANANA_DEVSERVER_ADMIN_TOKEN`` is set; with that set, every ``/_admin/
     (calls created), ``check_requests``, ``long_polls_open`` / ``_max``,
     ``start_holds_open`` / ``_max``, ``running`` / ``_max``, ``queued`` / ``_max``,
     ``finished``, ``failed``, ``faults_served``, ``calls_kept`` and ``per_model``
-    ``{key: {"starts_taken", "running", "running_max"}}``.
+    ``{key: {"starts_taken", "running", "running_max", "queued", "queued_max"}}``.
+    ``running`` counts calls whose model is working on them (for an external model: whose
+    request was sent), ``queued`` the ones waiting for a worker, a model-server slot or a
+    busy back-off; ``long_polls_open`` and ``start_holds_open`` the requests held right now
+    with a client still connected.
 ``POST /_admin/reset``
     Zero the counters (peaks restart from the current values), disarm every fault,
     restore the launch settings (including the launch-time quirk) and the flaky

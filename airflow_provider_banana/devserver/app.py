@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -132,6 +133,21 @@ class AdminTokenGuard:
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
 
 
+async def client_gone(request: Request) -> None:
+    """Return once the client has disconnected; only after the whole body was read.
+
+    With the body read, the server's next ASGI message is ``http.disconnect``: sent when the
+    connection is lost (or, harmlessly, once the response is complete), so a held request
+    learns at once that nobody waits for its answer any more.
+
+    :param request: the request, its body already read.
+    """
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
 async def read_body(request: Request) -> bytes | None:
     """Read a request body, refusing one larger than :data:`protocol.MAX_BODY_BYTES`.
 
@@ -192,9 +208,9 @@ def create_app(service: BananaService, admin: AdminMode = "open", admin_token: s
         if body is None:
             reply = protocol.error_reply(protocol.new_request_id(), "error: request body too large")
         elif endpoint == "start":
-            reply = await service.start(body)
+            reply = await service.start(body, functools.partial(client_gone, request))
         else:
-            reply = await service.check(body)
+            reply = await service.check(body, functools.partial(client_gone, request))
         if rule is not None and rule.kind == "drop_next":
             return DroppedResponse(protocol.encode(reply), media_type=_JSON)
         return json_response(reply)

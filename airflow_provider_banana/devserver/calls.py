@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,7 @@ class CallRegistry:
         self._stats.starts_taken += 1
         self._stats.per_model[model_key].starts_taken += 1
         self._stats.queued.inc()
+        self._stats.per_model[model_key].queued.inc()
         log.debug("Call %s (%s) queued", call.call_id, model_key)
         return call
 
@@ -160,8 +162,8 @@ class CallRegistry:
         self._stats.failed += 1
         self._settle(call)
 
-    async def wait(self, call: Call, timeout: float) -> None:
-        """Wait until the call settles or is forgotten, the timeout passes, or the server stops.
+    async def wait(self, call: Call, timeout: float, gone: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Wait until the call settles or is forgotten, the timeout passes, the client leaves or the server stops.
 
         One future and one timer per waiter, and the call wakes its own waiters
         directly: cheap enough for thousands of held requests, and the answer
@@ -169,6 +171,8 @@ class CallRegistry:
 
         :param call: the call to wait for.
         :param timeout: seconds to wait at most.
+        :param gone: returns once the client has disconnected; waited for alongside, so that a
+            request nobody waits for any more stops being held (and counted) at once.
         """
         if call.state.settled or call.forgotten or timeout <= 0 or self._released:
             return
@@ -177,10 +181,16 @@ class CallRegistry:
         call.waiters.add(waiter)
         self._waiters.add(waiter)
         timer = loop.call_later(timeout, _wake, waiter)
+        watcher: asyncio.Future[None] | None = None
+        if gone is not None:
+            watcher = asyncio.ensure_future(gone())
+            watcher.add_done_callback(functools.partial(_wake_when_gone, waiter, call))
         try:
             await waiter
         finally:
             timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             call.waiters.discard(waiter)
             self._waiters.discard(waiter)
 
@@ -200,9 +210,8 @@ class CallRegistry:
         dropped = len(self._calls)
         for call in self._calls.values():
             if not call.state.settled:
-                self._gauge_for(call).dec()
-                if call.state is CallState.RUNNING:
-                    self._stats.per_model[call.model_key].running.dec()
+                for gauge in self._gauges_for(call):
+                    gauge.dec()
             call.forgotten = True
             for waiter in list(call.waiters):
                 _wake(waiter)
@@ -236,8 +245,14 @@ class CallRegistry:
     def _expired(self, call: Call, now: float) -> bool:
         return call.finished_at is not None and now - call.finished_at >= self._result_ttl()
 
-    def _gauge_for(self, call: Call) -> Gauge:
-        return self._stats.queued if call.state is CallState.QUEUED else self._stats.running
+    def _gauges_for(self, call: Call) -> tuple[Gauge, ...]:
+        """The gauges counting the call in its current state: the server's and its model's."""
+        model = self._stats.per_model[call.model_key]
+        if call.state is CallState.QUEUED:
+            return self._stats.queued, model.queued
+        if call.state is CallState.RUNNING:
+            return self._stats.running, model.running
+        return ()
 
     def _move(self, call: Call, new: CallState) -> None:
         old = call.state
@@ -245,16 +260,11 @@ class CallRegistry:
             return
         if old.settled or call.forgotten:
             raise RuntimeError(f"call {call.call_id} is {old.value}; it cannot become {new.value}")
-        model_running = self._stats.per_model[call.model_key].running
-        self._gauge_for(call).dec()
-        if old is CallState.RUNNING:
-            model_running.dec()
+        for gauge in self._gauges_for(call):
+            gauge.dec()
         call.state = new
-        if new is CallState.QUEUED:
-            self._stats.queued.inc()
-        elif new is CallState.RUNNING:
-            self._stats.running.inc()
-            model_running.inc()
+        for gauge in self._gauges_for(call):
+            gauge.inc()
         log.debug("Call %s (%s) %s", call.call_id, call.model_key, new.value)
 
     def _settle(self, call: Call) -> None:
@@ -268,3 +278,16 @@ class CallRegistry:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _wake_when_gone(waiter: asyncio.Future[None], call: Call, watcher: asyncio.Future[None]) -> None:
+    if watcher.cancelled():
+        return  # the hold ended first
+    error = watcher.exception()
+    if error is not None:
+        # Cannot tell whether the client is there: keep holding, as without a watcher.
+        log.debug("Watching the client of a held request for call %s failed: %r", call.call_id, error)
+        return
+    if not waiter.done():
+        log.debug("The client holding call %s left; the hold ends", call.call_id)
+    _wake(waiter)

@@ -18,6 +18,7 @@ from airflow_provider_banana.devserver.config import (
     API_KEY_ENV_VAR,
     DEFAULT_BACKLOG,
     DEFAULT_CHECK_HOLD,
+    DEFAULT_MODEL_CONCURRENCY,
     DEFAULT_MODEL_TIMEOUT,
     DEFAULT_REPLICAS,
     DEFAULT_RESULT_TTL,
@@ -93,14 +94,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=URL",
         type=parse_model_arg,
-        help="serve modelKey KEY by POSTing the inputs to the model server at URL (repeatable)",
+        help="serve modelKey KEY by POSTing the inputs to URL exactly as given, e.g. "
+        "http://127.0.0.1:8000/sleep for a Potassium @app.handler('/sleep') (repeatable)",
     )
     parser.add_argument(
         "--model-timeout",
         type=float,
         default=DEFAULT_MODEL_TIMEOUT,
         metavar="SECONDS",
-        help="time allowed for one request to an external model server (default: %(default)s)",
+        help="time allowed for one request to an external model server, counted from when it is sent, "
+        "not while the call waits its turn (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model-concurrency",
+        action="append",
+        default=[],
+        metavar="N|KEY=N",
+        type=parse_concurrency_arg,
+        help=f"requests each external model server gets at once; more calls wait, queued, in the "
+        f"devserver. Models whose URLs share scheme://host:port are one server and share the limit. "
+        f"N sets it for every server, KEY=N for the server of model KEY; 0 means no limit beyond "
+        f"--replicas (repeatable; default: {DEFAULT_MODEL_CONCURRENCY}, as Potassium serves one request "
+        f"at a time)",
     )
     parser.add_argument(
         "--quirk-empty-message",
@@ -145,6 +160,21 @@ def parse_model_arg(value: str) -> tuple[str, str]:
     return key, url.strip()
 
 
+def parse_concurrency_arg(value: str) -> tuple[str | None, int]:
+    """Split and check an ``N`` or ``KEY=N`` argument of ``--model-concurrency``.
+
+    :param value: the argument.
+    :return: the key (None for every model server) and the limit.
+    :raises argparse.ArgumentTypeError: when it is neither form or N is not an integer >= 0.
+    """
+    key, sep, number = value.rpartition("=")
+    key = key.strip()
+    number = number.strip()
+    if (sep and not key) or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"expected N or KEY=N with an integer N >= 0, got {value!r}")
+    return (key if sep else None), int(number)
+
+
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> DevServerConfig:
     """Build the launch configuration from parsed arguments and the environment.
 
@@ -162,6 +192,15 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
     if admin_token is not None and not admin_token:
         # Refused rather than ignored: on loopback an ignored token would leave the admin API open.
         raise ValueError(f"${ADMIN_TOKEN_ENV_VAR} is set but empty; unset it or give it a token")
+    model_concurrency = DEFAULT_MODEL_CONCURRENCY
+    model_concurrency_by_key: dict[str, int] = {}
+    for key, limit in args.model_concurrency:
+        if key is None:
+            model_concurrency = limit
+        elif key not in dict(args.model):
+            raise ValueError(f"--model-concurrency {key}={limit}: no --model {key}=URL was given")
+        else:
+            model_concurrency_by_key[key] = limit
     return DevServerConfig(
         host=args.host,
         port=args.port,
@@ -174,6 +213,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
         api_key=api_key,
         admin_token=admin_token,
         model_timeout=args.model_timeout,
+        model_concurrency=model_concurrency,
+        model_concurrency_by_key=model_concurrency_by_key,
         log_level=args.log_level,
         access_log=args.access_log,
         backlog=args.backlog,

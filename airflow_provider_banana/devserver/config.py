@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 #: Environment variable holding the only apiKey accepted with ``--require-api-key``.
 API_KEY_ENV_VAR = "BANANA_DEVSERVER_API_KEY"
@@ -24,6 +25,10 @@ DEFAULT_RESULT_TTL = 600.0
 # pool, yet small enough that a runaway client cannot spawn unbounded work.
 DEFAULT_REPLICAS = 32
 DEFAULT_MODEL_TIMEOUT = 600.0
+# Requests one external model server gets at once. Potassium runs one handler at a time
+# (0.5.0 queues the rest inside itself, where they would spend --model-timeout waiting;
+# 0.4.x answers them 500), so the devserver queues them instead.
+DEFAULT_MODEL_CONCURRENCY = 1
 # The kernel caps this at net.core.somaxconn; a burst of 1,000+ connects needs
 # more than uvicorn's 2048 only beyond that, but asking costs nothing.
 DEFAULT_BACKLOG = 4096
@@ -43,7 +48,13 @@ class DevServerConfig:
     :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
     :param api_key: the only accepted apiKey, or None to accept any.
     :param admin_token: the bearer token the admin API requires, or None; see :func:`admin_mode`.
-    :param model_timeout: seconds allowed for one request to an external model server.
+    :param model_timeout: seconds allowed for one request to an external model server, counted
+        from when it is sent (a call waiting for its turn at the server is not yet sent).
+    :param model_concurrency: requests each external model server gets at once; 0 for no limit
+        beyond ``replicas``. Models whose URLs share ``scheme://host:port`` are one server and
+        share the limit.
+    :param model_concurrency_by_key: the limit of the server of one external model key, overriding
+        ``model_concurrency`` for that server (and every other key on it).
     :param log_level: logging level name.
     :param access_log: keep uvicorn's per-request access log.
     :param backlog: listen backlog of the server socket.
@@ -62,6 +73,8 @@ class DevServerConfig:
     api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     model_timeout: float = DEFAULT_MODEL_TIMEOUT
+    model_concurrency: int = DEFAULT_MODEL_CONCURRENCY
+    model_concurrency_by_key: Mapping[str, int] = field(default_factory=dict)
     log_level: str = "info"
     access_log: bool = False
     backlog: int = DEFAULT_BACKLOG
@@ -75,12 +88,69 @@ class DevServerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0")
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
+        if self.model_concurrency < 0 or any(limit < 0 for limit in self.model_concurrency_by_key.values()):
+            raise ValueError("model concurrency must be >= 0 (0: no limit)")
+        unknown = sorted(set(self.model_concurrency_by_key) - set(self.external_models))
+        if unknown:
+            raise ValueError(f"model concurrency given for {', '.join(unknown)}, which no external model has as key")
+        self.model_servers()  # refuses two different limits for one server
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         if self.api_key is not None and not self.api_key:
             raise ValueError("api_key must not be empty")
         if self.admin_token is not None and not self.admin_token:
             raise ValueError("admin_token must not be empty")
+
+    def model_servers(self) -> dict[str, ModelServerLimit]:
+        """Group the external models by the server they are on, with each server's concurrency limit.
+
+        :return: ``scheme://host:port`` to its limit and keys, in the order the keys were given.
+        :raises ValueError: when two keys on one server were given different limits.
+        """
+        servers: dict[str, ModelServerLimit] = {}
+        chosen: dict[str, tuple[str, int]] = {}
+        for key, url in self.external_models.items():
+            origin = model_server_origin(url)
+            server = servers.setdefault(origin, ModelServerLimit(self.model_concurrency))
+            server.keys.append(key)
+            if key in self.model_concurrency_by_key:
+                limit = self.model_concurrency_by_key[key]
+                earlier = chosen.setdefault(origin, (key, limit))
+                if earlier[1] != limit:
+                    raise ValueError(
+                        f"models {earlier[0]} and {key} are on one server ({origin}) but were given "
+                        f"different concurrency limits ({earlier[1]} and {limit})"
+                    )
+                server.limit = limit
+        return servers
+
+
+@dataclass
+class ModelServerLimit:
+    """How many requests one external model server gets at once, and the model keys it serves.
+
+    :param limit: requests at once; 0 for no limit.
+    :param keys: the external model keys whose URLs are on this server.
+    """
+
+    limit: int
+    keys: list[str] = field(default_factory=list)
+
+
+def model_server_origin(url: str) -> str:
+    """Name the server a model URL is on: ``scheme://host:port``, the port made explicit.
+
+    :param url: an external model's URL.
+    :return: e.g. ``http://127.0.0.1:8000`` for ``http://127.0.0.1:8000/sleep``.
+    :raises ValueError: on a URL without a host or with a bad port.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"model URL {url!r} has no host")
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

@@ -3,13 +3,15 @@
 A model is an async callable taking the call's ``modelInputs`` and returning its
 JSON reply. It raises :class:`ModelError` to fail the call with a message the
 client sees, or :class:`ModelBusy` to have the call put back to queued and
-retried (a Potassium model server answers 423 while busy).
+retried (Potassium 0.1.x answers 423 while busy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,8 +20,20 @@ import httpx
 
 Model = Callable[[Any], Awaitable[Any]]
 
-# Bodies quoted in error messages are cut: a model server's 500 is often a whole traceback.
-_SNIPPET_LIMIT = 200
+# A body quoted in an error message keeps its last few non-empty lines, at most this many
+# characters: a model server's 500 is a whole traceback whose useful line is the last one.
+_EXCERPT_LINES = 5
+_EXCERPT_LIMIT = 500
+# What an HTML error page needs stripped to read as text.
+_HTML_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_HTML_BLOCK_TAG = re.compile(
+    r"</?(?:address|article|aside|blockquote|body|br|dd|details|div|dl|dt|footer|form|h[1-6]|head|header|hr|html"
+    r"|li|main|nav|ol|p|pre|section|summary|table|tbody|td|textarea|tfoot|th|thead|title|tr|ul)\b[^>]*>",
+    re.IGNORECASE,
+)
+_HTML_TAG = re.compile(r"<[^>]*>")
+# Python 3.11+ underlines the failing expression of a frame with a line of ^ and ~ only.
+_MARKER_LINE = re.compile(r"[\^~]+")
 # A sleep model longer than a day is a typo, not a test.
 _MAX_SLEEP = 86400.0
 
@@ -166,14 +180,18 @@ class FlakyModel:
 
 
 class ExternalModel:
-    """Forward calls to a model server speaking Banana's container contract (``POST /``).
+    """Forward calls to a model server speaking Banana's container contract.
 
-    :param url: the model server's base URL; inputs go to ``<url>/``.
+    The inputs are POSTed to the URL exactly as given: ``http://host:8000`` and
+    ``http://host:8000/`` reach ``POST /``, ``http://host:8000/sleep`` reaches Potassium's
+    ``@app.handler("/sleep")`` (whose route does not match ``/sleep/``).
+
+    :param url: the model server's URL, used as it is.
     :param client: the process-wide HTTP client.
     """
 
     def __init__(self, url: str, client: httpx.AsyncClient) -> None:
-        self._url = url.rstrip("/") + "/"
+        self.url = url
         self._client = client
 
     async def __call__(self, inputs: Any) -> Any:
@@ -184,26 +202,58 @@ class ExternalModel:
         :raises ModelError: on any other non-200 status, a non-JSON reply, or a transport failure.
         """
         try:
-            response = await self._client.post(self._url, json=inputs)
+            response = await self._client.post(self.url, json=inputs)
         except httpx.TimeoutException as e:
             raise ModelError(f"error: model server timed out: {type(e).__name__}") from e
         except httpx.HTTPError as e:
-            raise ModelError(f"error: model server unreachable: {type(e).__name__}: {_snippet(str(e))}") from e
+            raise ModelError(f"error: model server unreachable: {type(e).__name__}: {excerpt(str(e))}") from e
         if response.status_code == 423:
             raise ModelBusy()
         if response.status_code != 200:
-            raise ModelError(f"error: model server answered HTTP {response.status_code}: {_snippet(response.text)}")
+            is_html = "html" in response.headers.get("content-type", "").lower()
+            raise ModelError(
+                f"error: model server answered HTTP {response.status_code}: {excerpt(response.text, as_html=is_html)}"
+            )
         try:
             return response.json()
         except ValueError:
             raise ModelError(
-                f"error: model server answered HTTP 200 with a non-JSON body: {_snippet(response.text)}"
+                f"error: model server answered HTTP 200 with a non-JSON body: {excerpt(response.text)}"
             ) from None
 
 
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _SNIPPET_LIMIT else flat[:_SNIPPET_LIMIT] + "…"
+def excerpt(text: str, *, as_html: bool = False) -> str:
+    """Keep the end of a body for an error message: its last few non-empty lines, joined by `` | ``.
+
+    A Python traceback ends with the exception line (``ValueError: bad weights``), so that line
+    is always kept; earlier lines are added while the excerpt stays within
+    :data:`_EXCERPT_LIMIT` characters. A last line longer than that keeps its start. Lines of
+    only ``^`` and ``~`` (the markers under a frame in Python 3.11+ tracebacks) do not count.
+
+    :param text: the body.
+    :param as_html: read it as an HTML error page: drop scripts, styles and tags first.
+    :return: the excerpt, possibly empty.
+    """
+    if as_html:
+        text = _html_text(text)
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line for line in lines if line and not _MARKER_LINE.fullmatch(line)]
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines[-_EXCERPT_LINES:]):
+        if kept and size + len(line) + 3 > _EXCERPT_LIMIT:
+            break
+        kept.append(line)
+        size += len(line) + 3
+    result = " | ".join(reversed(kept))
+    if len(result) > _EXCERPT_LIMIT:
+        result = result[: _EXCERPT_LIMIT - 1] + "…"
+    return result
+
+
+def _html_text(page: str) -> str:
+    # A block element's tags end a line of the excerpt; inline tags (<code>, <b>) just vanish.
+    return html.unescape(_HTML_TAG.sub("", _HTML_BLOCK_TAG.sub("\n", _HTML_HIDDEN.sub("", page))))
 
 
 def builtin_models() -> dict[str, Model]:

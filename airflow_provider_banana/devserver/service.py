@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -49,6 +50,7 @@ class BananaService:
     async def open(self) -> None:
         """Create the model pools, the HTTP client for external models and the TTL sweeper."""
         models = builtin_models()
+        slots: dict[str, asyncio.Semaphore] = {}
         if self.config.external_models:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.config.model_timeout, connect=_MODEL_CONNECT_TIMEOUT),
@@ -61,8 +63,21 @@ class BananaService:
                 if key in models:
                     log.info("External model server replaces the built-in model %s", key)
                 models[key] = ExternalModel(url, self._http)
+            for origin, server in self.config.model_servers().items():
+                if server.limit:
+                    # One semaphore per server: Potassium runs one handler at a time across all its routes.
+                    semaphore = asyncio.Semaphore(server.limit)
+                    slots.update(dict.fromkeys(server.keys, semaphore))
+                # The origin only: a URL's user info or query may hold a secret.
+                log.info(
+                    "Model server %s (models %s): %s",
+                    origin,
+                    ", ".join(server.keys),
+                    f"{server.limit} request(s) at once" if server.limit else "no limit on requests at once",
+                )
         self._models = models
-        self._pools = {key: ModelPool(key, model, self.config.replicas, self.calls) for key, model in models.items()}
+        replicas = self.config.replicas
+        self._pools = {key: ModelPool(key, fn, replicas, self.calls, slots.get(key)) for key, fn in models.items()}
         for pool in self._pools.values():
             pool.start()
         self.calls.start()
@@ -81,10 +96,11 @@ class BananaService:
         """Answer every held Start and Check now; called when shutdown begins."""
         self.calls.release_waiters()
 
-    async def start(self, body: bytes) -> dict[str, Any]:
+    async def start(self, body: bytes, gone: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Serve one Start request.
 
         :param body: the raw request body.
+        :param gone: returns once the client has disconnected; ends a hold early (the call runs on).
         :return: the reply.
         """
         try:
@@ -100,7 +116,7 @@ class BananaService:
         pool.submit(call)
         if not request.start_only:
             with self.stats.start_holds_open.held():
-                await self.calls.wait(call, self.settings.start_hold)
+                await self.calls.wait(call, self.settings.start_hold, gone)
         if call.forgotten:
             return protocol.start_pending_reply(request.request_id, call.call_id)
         if call.state is CallState.SUCCEEDED:
@@ -114,10 +130,12 @@ class BananaService:
             return protocol.start_failed_reply(request.request_id, call.call_id, call.error or "error")
         return protocol.start_pending_reply(request.request_id, call.call_id)
 
-    async def check(self, body: bytes) -> dict[str, Any]:
+    async def check(self, body: bytes, gone: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
         """Serve one Check request, holding it when it asks for a long poll.
 
         :param body: the raw request body.
+        :param gone: returns once the client has disconnected; ends a long poll early, so that
+            ``long_polls_open`` counts only long polls somebody still waits on.
         :return: the reply.
         """
         try:
@@ -127,7 +145,7 @@ class BananaService:
         call = self.calls.get(request.call_id)
         if call is not None and request.long_poll and not call.state.settled:
             with self.stats.long_polls_open.held():
-                await self.calls.wait(call, self.settings.check_hold)
+                await self.calls.wait(call, self.settings.check_hold, gone)
             # Look again: a forget or the TTL may have removed it meanwhile.
             call = self.calls.get(request.call_id)
         if call is None:

@@ -43,11 +43,12 @@ class Gauge:
 class ModelStats:
     """Counters of one model."""
 
-    __slots__ = ("running", "starts_taken")
+    __slots__ = ("queued", "running", "starts_taken")
 
     def __init__(self) -> None:
         self.starts_taken = 0
         self.running = Gauge()
+        self.queued = Gauge()
 
     def to_json(self) -> dict[str, int]:
         """Return the counters as a JSON-ready dict."""
@@ -55,6 +56,8 @@ class ModelStats:
             "starts_taken": self.starts_taken,
             "running": self.running.value,
             "running_max": self.running.peak,
+            "queued": self.queued.value,
+            "queued_max": self.queued.peak,
         }
 
 
@@ -92,6 +95,7 @@ class Stats:
         for model in self.per_model.values():
             model.starts_taken = 0
             model.running.reset_peak()
+            model.queued.reset_peak()
 
     def to_json(self, calls_kept: int) -> dict[str, Any]:
         """Return every counter as a JSON-ready dict.

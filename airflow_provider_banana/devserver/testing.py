@@ -48,7 +48,9 @@ class DevServer:
     :param replicas: calls of one model running at once.
     :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
     :param api_key: require this apiKey (passed through the environment, never argv).
-    :param models: external model servers, modelKey to base URL.
+    :param models: external model servers, modelKey to the URL the inputs are POSTed to.
+    :param model_concurrency: ``--model-concurrency``: requests each external model server gets
+        at once (an int for all of them, or modelKey to int); None keeps the server's default of 1.
     :param log_level: the server's log level.
     :param extra_args: further command-line arguments.
     :param startup_timeout: seconds to wait for the server to answer its healthcheck.
@@ -73,6 +75,7 @@ class DevServer:
         startup_timeout: float = 20.0,
         port: int | None = None,
         admin_token: str | None = None,
+        model_concurrency: int | Mapping[str, int] | None = None,
     ) -> None:
         if api_key is not None and not api_key:
             raise ValueError("api_key must not be empty")
@@ -98,6 +101,11 @@ class DevServer:
             self._args.append("--require-api-key")
         for key, url in (models or {}).items():
             self._args += ["--model", f"{key}={url}"]
+        if isinstance(model_concurrency, int):
+            self._args += ["--model-concurrency", str(model_concurrency)]
+        elif model_concurrency is not None:
+            for key, limit in model_concurrency.items():
+                self._args += ["--model-concurrency", f"{key}={limit}"]
         self._args += list(extra_args)
         self._api_key = api_key
         self._admin_token = admin_token

@@ -1,4 +1,9 @@
-"""Run one model's calls on at most ``replicas`` asyncio workers fed by a FIFO queue."""
+"""Run one model's calls on at most ``replicas`` asyncio workers fed by a FIFO queue.
+
+An external model's pool also shares a slot limit with every other model on the same
+model server: a call waits for a slot in the queue, still ``queued``, and becomes
+``running`` only when its request is about to be sent.
+"""
 
 from __future__ import annotations
 
@@ -31,13 +36,23 @@ class ModelPool:
     :param model: the model to run.
     :param replicas: most workers, i.e. calls running at once.
     :param calls: the registry every state change goes through.
+    :param slots: shared with the other pools on the same model server: a worker holds one
+        while its call runs (busy back-offs included); None for no limit beyond ``replicas``.
     """
 
-    def __init__(self, model_key: str, model: Model, replicas: int, calls: CallRegistry) -> None:
+    def __init__(
+        self,
+        model_key: str,
+        model: Model,
+        replicas: int,
+        calls: CallRegistry,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
         self.model_key = model_key
         self.model = model
         self.replicas = replicas
         self._calls = calls
+        self._slots = slots
         self._queue: collections.deque[Call] = collections.deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._started = False
@@ -83,10 +98,21 @@ class ModelPool:
 
     async def _work(self) -> None:
         while self._queue:
-            call = self._queue.popleft()
-            if call.forgotten:
+            if self._slots is None:
+                await self._run_next()
                 continue
-            await self._run(call)
+            # The call is taken from the queue only once a slot is free, so until then it is
+            # queued, and the model timeout starts only when its request is sent.
+            async with self._slots:
+                await self._run_next()
+
+    async def _run_next(self) -> None:
+        # Another worker may have emptied the queue while this one waited for a slot.
+        while self._queue:
+            call = self._queue.popleft()
+            if not call.forgotten:
+                await self._run(call)
+                return
 
     async def _run(self, call: Call) -> None:
         busy_pause = BUSY_RETRY_FIRST

@@ -355,6 +355,21 @@ class BananaHook(_BananaHookBase):
             long_poll=long_poll,
             poll_interval=poll_interval,
         )
+        return self.follow(waiter)
+
+    def follow(self, waiter: CallWaiter) -> list[Any]:
+        """
+        Check the call a :class:`CallWaiter` describes until it ends, logging its life.
+
+        Each status change is logged, and while nothing changes a progress line at most once per
+        long poll (``check_hold``): elapsed time and Checks so far.
+
+        :param waiter: the call, its deadline and pacing; it counts the Checks.
+        :return: the ``modelOutputs`` list.
+        :raises BananaTimeoutError: the deadline passed first; the call may run on.
+        :raises BananaCallError: the call failed.
+        :raises BananaTransportError: Banana could not be reached within the retry policy.
+        """
         while True:
             waiter.raise_if_expired()
             began = time.monotonic()
@@ -363,8 +378,8 @@ class BananaHook(_BananaHookBase):
             except BananaError as e:
                 raise waiter.failure(e) from e
             step = waiter.observe(result, waited=time.monotonic() - began)
-            if step.status_changed:
-                self.log.info("Banana call %s is %s after %.1f s", waiter.call_id, result.status_text, waiter.elapsed())
+            if step.log_line:
+                self.log.info(*step.log_line)
             if step.outputs is not None:
                 return step.outputs
             if step.pause:
@@ -725,6 +740,17 @@ class BananaAsyncHook(_BananaHookBase):
             long_poll=long_poll,
             poll_interval=poll_interval,
         )
+        return await self.follow(waiter, quiet=quiet)
+
+    async def follow(self, waiter: CallWaiter, *, quiet: bool = False) -> list[Any]:
+        """
+        Check the call a :class:`CallWaiter` describes until it ends; see :meth:`BananaHook.follow`.
+
+        :param waiter: the call, its deadline and pacing; it counts the Checks.
+        :param quiet: log at debug level (a batch logs its progress instead).
+        :return: the ``modelOutputs`` list.
+        """
+        level = logging.DEBUG if quiet else logging.INFO
         while True:
             waiter.raise_if_expired()
             began = time.monotonic()
@@ -733,14 +759,8 @@ class BananaAsyncHook(_BananaHookBase):
             except BananaError as e:
                 raise waiter.failure(e) from e
             step = waiter.observe(result, waited=time.monotonic() - began)
-            if step.status_changed:
-                self.log.log(
-                    logging.DEBUG if quiet else logging.INFO,
-                    "Banana call %s is %s after %.1f s",
-                    waiter.call_id,
-                    result.status_text,
-                    waiter.elapsed(),
-                )
+            if step.log_line:
+                self.log.log(level, *step.log_line)
             if step.outputs is not None:
                 return step.outputs
             if step.pause:

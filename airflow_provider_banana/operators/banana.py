@@ -31,6 +31,7 @@ from airflow_provider_banana.contract import (
     BananaRetryPolicy,
     BananaRunning,
     Reattach,
+    event_summary,
     outputs_from_event,
     reattach_decision,
     use_start_only,
@@ -108,6 +109,10 @@ class BananaInferenceOperator(BaseOperator):
         waiting, so that a retried task, or one whose worker died, reattaches to its call instead
         of paying for a second one. The Start is then always ``startOnly``, so that the id is
         stored before any wait.
+    :param defer_after: with ``deferrable=True``, seconds the worker waits for the call itself
+        after its Start (long-poll Checks) before it defers; a call that finishes sooner returns at
+        once, without the round trip through the triggerer (a task resume: seconds of scheduling,
+        a worker start and a DAG parse). ``0`` defers right after the Start.
     """
 
     template_fields: Sequence[str] = ("model_inputs", "model_key")
@@ -127,11 +132,13 @@ class BananaInferenceOperator(BaseOperator):
         long_poll: bool = True,
         max_attempts: int = BananaRetryPolicy.max_attempts,
         durable: bool = True,
+        defer_after: float = DEFAULT_DEFER_AFTER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model_inputs = model_inputs
         self.durable = durable
+        self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
         self.model_key = model_key
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable
@@ -169,6 +176,10 @@ class BananaInferenceOperator(BaseOperator):
             self.log.info("Started Banana call %s; not waiting for it", call_id)
             return call_id
         if self.deferrable:
+            outputs = self._wait_before_deferring(call_id, context, started_at, stored)
+            if outputs is not None:
+                stored.forget()
+                return outputs
             self.log.info("Waiting for Banana call %s in the triggerer", call_id)
             self.defer(
                 trigger=BananaCallTrigger(
@@ -179,6 +190,7 @@ class BananaInferenceOperator(BaseOperator):
                     poll_interval=self.poll_interval,
                     long_poll=self.long_poll,
                     max_attempts=self.max_attempts,
+                    deferred_at=time.time(),
                 ),
                 method_name="execute_complete",
                 # A backstop in case the trigger cannot run; Airflow also caps it by execution_timeout.
@@ -196,6 +208,32 @@ class BananaInferenceOperator(BaseOperator):
             stored.forget()
             raise
         stored.forget()
+        self.log.info("Banana call %s finished after %.1f s", call_id, time.time() - started_at)
+        return outputs
+
+    def _wait_before_deferring(
+        self, call_id: str, context: Context, started_at: float, stored: StoredCall
+    ) -> list[Any] | None:
+        # A short call is over before a deferral's round trip would be (benchmarks/README.md).
+        if not self.defer_after:
+            return None
+        deadline = self._deadline(context, started_at)
+        try:
+            outputs = self.hook.wait(
+                call_id,
+                started_at=started_at,
+                deadline=min(deadline, time.time() + self.defer_after),
+                long_poll=self.long_poll,
+                poll_interval=self.poll_interval,
+            )
+        except BananaTimeoutError:
+            return None  # still running (or the deadline came): the trigger takes over, and says which
+        except BananaCallError:
+            stored.forget()
+            raise
+        self.log.info(
+            "Banana call %s finished after %.1f s, within defer_after: no deferral", call_id, time.time() - started_at
+        )
         return outputs
 
     def _deadline(self, context: Context, started_at: float) -> float:
@@ -254,6 +292,10 @@ class BananaInferenceOperator(BaseOperator):
         :raises BananaError: a missing or malformed event.
         """
         stored = StoredCall(context, enabled=self.durable)
+        # The trigger's own summary, here too: Airflow 3.3 truncates a trigger's log at each deferral.
+        summary = event_summary(event)
+        if summary and event is not None:
+            self.log.info("The triggerer's watch of the call ended (%s): %s", event.get("status"), summary)
         try:
             call_id, outputs = outputs_from_event(event)
         except BananaCallError:
@@ -376,8 +418,6 @@ class BananaBatchInferenceOperator(BaseOperator):
         inputs = self._inputs()
         plan, store = self._plan(inputs), BatchStore(context, self.durable)
         state = store.load(plan)
-        # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
-        store.started_at = time.time()
         if state is not None:
             if state.get("try_number") != context["ti"].try_number:
                 plan.new_try()
@@ -386,6 +426,8 @@ class BananaBatchInferenceOperator(BaseOperator):
                 _counts(plan),
                 len(plan.running),
             )
+        # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
+        store.begin_try(plan)
         return self._advance(inputs, plan, store)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
@@ -438,7 +480,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         with contextlib.closing(worker_watch):
             while True:
                 self._start_next(inputs, plan, store)
-                self.log.info("Banana batch: %s after %.1f s", _counts(plan), time.time() - started_at)
+                self.log.info("Banana batch: %s", _progress(plan, store, time.time() - started_at))
                 if plan.complete:
                     return self._finish(plan, store)
                 if time.time() >= deadline:
@@ -592,6 +634,22 @@ class _WorkerWatch:
             thread.join(timeout=_CLOSE_TIMEOUT)
             if not thread.is_alive():
                 loop.close()
+
+
+def _progress(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:
+    # "120/1000 finished (12%), 64 running, 816 waiting, 0 failed after 12.0 s; 10.0 inputs/s, about
+    # 88 s left": the rate counts this try's inputs only (a resumed try starts from what it found).
+    counts = plan.progress()
+    ended = counts["done"] + counts["failed"]
+    line = (
+        f"{counts['done']}/{plan.size} finished ({counts['done'] / max(plan.size, 1):.0%}), "
+        f"{counts['running']} running, {counts['waiting']} waiting, {counts['failed']} failed after {elapsed:.1f} s"
+    )
+    this_try = ended - store.ended_at_start
+    if this_try > 0 and elapsed > 0:
+        rate = this_try / elapsed
+        line += f"; {rate:.1f} inputs/s, about {(plan.size - ended) / rate:.0f} s left"
+    return line
 
 
 def _counts(plan: BatchPlan) -> str:

@@ -81,6 +81,9 @@ class BatchStore:
         self._ti: Any = context["ti"]
         self._store: Any = context.get("task_state_store") if durable else None
         self.chunks = 0
+        #: Inputs that had ended (finished or failed) when this try loaded the plan: the rate of the
+        #: progress lines counts only what this try did.
+        self.ended_at_start = 0
         #: ``time.time()`` when this try of the batch started: its deadline counts from here. Kept
         #: in the plan, not in the deferral's kwargs, which dag.test() does not hand back.
         self.started_at = time.time()
@@ -111,9 +114,22 @@ class BatchStore:
         if not isinstance(state, dict) or not plan.restore(state):
             return None
         self.chunks = int(state.get("chunks", 0))
+        counts = plan.progress()
+        self.ended_at_start = counts["done"] + counts["failed"]
         if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
             self.started_at = float(state["started_at"])
+            self.ended_at_start = int(state.get("ended_at_start", self.ended_at_start))
         return state
+
+    def begin_try(self, plan: BatchPlan) -> None:
+        """
+        Start this try's clock and its count of ended inputs (the deadline and the rate count from here).
+
+        :param plan: the plan as this try found it.
+        """
+        self.started_at = time.time()
+        counts = plan.progress()
+        self.ended_at_start = counts["done"] + counts["failed"]
 
     def outputs(self) -> dict[int, list[Any]]:
         """Return every output persisted so far, by input index (read once, when the batch ends)."""
@@ -141,6 +157,7 @@ class BatchStore:
                 "chunks": self.chunks,
                 "try_number": self._ti.try_number,
                 "started_at": self.started_at,
+                "ended_at_start": self.ended_at_start,
             },
         )
 

@@ -12,6 +12,7 @@ from airflow_provider_banana.batch import Wave
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     BananaRetryPolicy,
+    CallWaiter,
     absolute_deadline,
     error_event,
     success_event,
@@ -22,6 +23,10 @@ from airflow_provider_banana.contract import (
 from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook
 from airflow_provider_banana.redact import NO_SECRET, Redactor
+
+#: Seconds between a deferral and its trigger's start past which the trigger resumes a watch begun
+#: elsewhere: picking up a fresh trigger takes a triggerer a few seconds, a takeover tens.
+RESUME_AFTER = 15.0
 
 
 class _BananaWaitTrigger(BaseTrigger):
@@ -102,7 +107,13 @@ class BananaCallTrigger(_BananaWaitTrigger):
     harmless, since Checks are read-only.
 
     The event payload is a dict: ``status`` (``success``, ``failed``, ``timeout`` or ``error``),
-    ``call_id``, ``model_outputs`` (the list, on success, else ``None``) and ``message``.
+    ``call_id``, ``model_outputs`` (the list, on success, else ``None``) and ``message``; and the
+    watch's summary for the task's log, ``checks`` (Checks this trigger sent) and ``elapsed``
+    (seconds since the Start).
+
+    The trigger logs when it starts watching (elapsed, time left, and whether it resumes a watch
+    that began elsewhere: a takeover by another triggerer or a restart), a progress line at most
+    once per long poll, and the outcome.
 
     :param call_id: the callID from Start.
     :param banana_conn_id: the Airflow connection to use.
@@ -113,6 +124,8 @@ class BananaCallTrigger(_BananaWaitTrigger):
     :param long_poll: let the server hold each Check up to 50 s until the call finishes.
     :param max_attempts: tries of one Check through transient transport trouble, with backoff,
         before the trigger gives up with an ``error`` event.
+    :param deferred_at: ``time.time()`` when the task deferred to this trigger (default: now); a
+        trigger that starts well after it resumes a watch begun elsewhere, and says so.
     """
 
     def __init__(
@@ -125,6 +138,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         long_poll: bool = True,
         max_attempts: int = BananaRetryPolicy.max_attempts,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__(
             banana_conn_id,
@@ -135,34 +149,68 @@ class BananaCallTrigger(_BananaWaitTrigger):
             max_attempts=max_attempts,
         )
         self.call_id = validate_call_id(call_id)
+        self.deferred_at = time.time() if deferred_at is None else absolute_deadline(deferred_at, "deferred_at")
+        self._waiter: CallWaiter | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
-        return self._serialize(call_id=self.call_id)
+        return self._serialize(call_id=self.call_id, deferred_at=self.deferred_at)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check the call until it ends or the deadline passes; yield one event."""
+        self._log_start()
         try:
             outputs = await self._wait()
         except Exception as e:  # every failure becomes the one event the operator reads
-            event = error_event(self.call_id, e, redactor=self._redactor)
-            self.log.warning("Banana call %s: %s", self.call_id, event["message"])
+            event = error_event(self.call_id, e, redactor=self._redactor, **self._summary())
+            self.log.warning(
+                "Banana call %s: %s after %.1f s (%d Checks)",
+                self.call_id,
+                event["message"] or event["status"],
+                event["elapsed"],
+                event["checks"],
+            )
             yield TriggerEvent(event)
             return
-        yield TriggerEvent(success_event(self.call_id, outputs))
+        event = success_event(self.call_id, outputs, **self._summary())
+        self.log.info(
+            "Banana call %s finished after %.1f s (%d Checks)", self.call_id, event["elapsed"], event["checks"]
+        )
+        yield TriggerEvent(event)
+
+    def _log_start(self) -> None:
+        now = time.time()
+        since_deferral = now - self.deferred_at
+        resumed = (
+            f"; resuming a watch begun {since_deferral:.0f} s ago (another triggerer took it over, or the "
+            "triggerer restarted)"
+            if since_deferral > RESUME_AFTER
+            else ""
+        )
+        self.log.info(
+            "Watching Banana call %s: %.1f s since its Start, %.0f s left before the deadline%s",
+            self.call_id,
+            now - self.started_at,
+            self.deadline - now,
+            resumed,
+        )
+
+    def _summary(self) -> dict[str, Any]:
+        return {"checks": self._waiter.checks if self._waiter else 0, "elapsed": time.time() - self.started_at}
 
     async def _wait(self) -> list[Any]:
         if self.expired:
             raise BananaTimeoutError(self.call_id, self.timeout)
         async with self._hook() as hook:
             self._redactor = hook.settings.redactor
-            return await hook.wait(
+            self._waiter = CallWaiter.begin(
                 self.call_id,
                 deadline=self.deadline,
                 started_at=self.started_at,
                 long_poll=self.long_poll,
                 poll_interval=self.poll_interval,
             )
+            return await hook.follow(self._waiter)
 
     async def on_kill(self) -> None:
         """Say that the call runs on: Banana v4 has no cancel endpoint."""
