@@ -152,7 +152,7 @@ def hand_back_now(ended: int, in_flight: int, since_first_end: float | None, lin
 @dataclass
 class BatchPlan:
     """
-    The state of one batch: which input is running as which call, done, failed, or waiting.
+    The state of one batch: which input is running as which call, finished, failed, or waiting.
 
     :param size: the number of inputs.
     :param max_in_flight: most calls running at once.
@@ -169,7 +169,7 @@ class BatchPlan:
     attempts: dict[int, int] = field(default_factory=dict)
     #: Outputs that arrived in this process; the persisted ones are read back only at the end.
     outputs: dict[int, list[Any]] = field(default_factory=dict)
-    done: int = 0
+    finished: int = 0
     failed: dict[int, str] = field(default_factory=dict)
     last_errors: dict[int, str] = field(default_factory=dict)
     retry_queue: list[int] = field(default_factory=list)
@@ -192,8 +192,8 @@ class BatchPlan:
         return self.stop_on_failure and bool(self.failed)
 
     @property
-    def complete(self) -> bool:
-        """Return whether nothing runs and nothing more will start."""
+    def ended(self) -> bool:
+        """Return whether the batch has ended: nothing runs and nothing more will start."""
         return not self.running and (self.waiting == 0 or self.stopping)
 
     def next_starts(self) -> list[int]:
@@ -221,14 +221,14 @@ class BatchPlan:
         """
         self.attempts[index] = self.attempts.get(index, 0) + 1
         if outputs is not None:
-            self._done(index, outputs)
+            self._finished(index, outputs)
         elif call_id:
             self.running[index] = call_id
 
-    def _done(self, index: int, outputs: list[Any]) -> None:
+    def _finished(self, index: int, outputs: list[Any]) -> None:
         # Only unfinished items keep their counters, so the persisted state stays small.
         self.outputs[index] = outputs
-        self.done += 1
+        self.finished += 1
         self.attempts.pop(index, None)
         self.last_errors.pop(index, None)
 
@@ -252,7 +252,7 @@ class BatchPlan:
         for call_id, outputs in wave.finished.items():
             if (index := by_call.get(call_id)) is not None:
                 del self.running[index]
-                self._done(index, outputs)
+                self._finished(index, outputs)
         for call_id, message in wave.failed.items():
             if (index := by_call.get(call_id)) is not None:
                 del self.running[index]
@@ -273,9 +273,9 @@ class BatchPlan:
         self.failed.clear()
 
     def progress(self) -> dict[str, int]:
-        """Return the counts a person watching wants: done, running, waiting, failed."""
+        """Return the counts a person watching wants: finished, running, waiting, failed."""
         return {
-            "done": self.done,
+            "finished": self.finished,
             "running": len(self.running),
             "waiting": self.waiting,
             "failed": len(self.failed),
@@ -311,7 +311,8 @@ class BatchPlan:
             "last_errors": {str(k): v for k, v in self.last_errors.items()},
             "retry_queue": self.retry_queue,
             "next_fresh": self.next_fresh,
-            "done": self.done,
+            # "done" is the key tries of earlier versions wrote: kept, so they resume across an upgrade.
+            "done": self.finished,
         }
 
     def restore(self, state: Any) -> bool:
@@ -319,7 +320,7 @@ class BatchPlan:
         Load what an earlier try (or deferral) persisted, if it is for the same inputs.
 
         Outputs are not part of it: they stay where they were persisted until the batch ends. A
-        call whose outputs were persisted but not yet marked done in the state is still listed as
+        call whose outputs were persisted but not yet marked finished in the state is still listed as
         running, and the next wave's Check (free) finds it finished again.
 
         :param state: the JSON state from :meth:`to_state`.
@@ -335,6 +336,6 @@ class BatchPlan:
         self.last_errors = {int(k): str(v) for k, v in state.get("last_errors", {}).items()}
         self.retry_queue = [int(i) for i in state.get("retry_queue", [])]
         self.next_fresh = int(state.get("next_fresh", 0))
-        self.done = int(state.get("done", 0))
+        self.finished = int(state.get("done", 0))
         self.outputs = {}
         return True

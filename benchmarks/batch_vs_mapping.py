@@ -69,7 +69,8 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from airflow_provider_banana.devserver.testing import DevServer
 from benchmarks.common import fmt_ratio, load_average, machine, print_table, proc_status_kib, raise_fd_limit
-from tests.components import AirflowComponents, airflow_env, free_port, log_records, started
+from tests.components import AirflowComponents, airflow_env, log_records, started
+from tests.helpers import free_port
 
 SCENARIOS = ("batch", "batch-via-triggerer", "batch-in-worker", "mapped")
 #: Airflow's default ``[core] max_map_length``: mapping over more inputs fails.

@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
 # Run every check the project has: ruff, mypy and the whole pytest suite (which starts its own
 # local Banana server and Airflow components). Extra arguments go to pytest.
+#
+#   --fast   ruff and mypy as always, then only the tests not marked `slow` (pytest -m "not slow"):
+#            the pure contract and batch-plan tests, the hooks, the trigger, faults, hostile servers,
+#            property tests, bad inputs and the local server, in under two minutes. `slow` marks
+#            every test that needs the Airflow metadata DB (dag.test(), `airflow dags test`) or real
+#            Airflow components (tests/conftest.py marks them by the fixtures they use). These tests
+#            mostly wait (on servers, holds, deadlines), so they run as FAST_SHARDS (default 3)
+#            pytest processes at once, `--shard I/N` each; extra arguments go to every shard, and
+#            each shard's output is printed once all have ended.
+#
+# Without --fast, everything runs in one pytest process.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bootstrap.sh
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
+
+fast=false
+pytest_args=()
+for arg in "$@"; do
+    if [ "$arg" = "--fast" ]; then
+        fast=true
+    else
+        pytest_args+=("$arg")
+    fi
+done
 
 echo "== ruff" >&2
 "$VENV/bin/ruff" check .
@@ -18,5 +39,38 @@ if [ "${AIRFLOW_VERSION%.*}" = "3.3" ]; then
 else
     echo "== mypy skipped: types are checked against Airflow 3.3, this venv has $AIRFLOW_VERSION" >&2
 fi
-echo "== pytest" >&2
-exec "$VENV/bin/python" -m pytest "$@"
+
+if ! $fast; then
+    echo "== pytest" >&2
+    exec "$VENV/bin/python" -m pytest ${pytest_args[@]+"${pytest_args[@]}"}
+fi
+
+shards="${FAST_SHARDS:-3}"
+echo "== pytest, fast tier (-m 'not slow'), $shards shards at once" >&2
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+pids=()
+for shard in $(seq "$shards"); do
+    "$VENV/bin/python" -m pytest -m "not slow" --shard "$shard/$shards" ${pytest_args[@]+"${pytest_args[@]}"} \
+        > "$logs/$shard.log" 2>&1 &
+    pids+=("$!")
+done
+status=0
+empty=0
+for shard in $(seq "$shards"); do
+    rc=0
+    wait "${pids[$((shard - 1))]}" || rc=$?
+    echo "== pytest shard $shard/$shards (exit $rc)" >&2
+    cat "$logs/$shard.log"
+    # 5 is "no tests collected": a -k that selects nothing in one shard is not a failure...
+    if [ "$rc" -eq 5 ]; then
+        empty=$((empty + 1))
+    elif [ "$rc" -ne 0 ]; then
+        status=$rc
+    fi
+done
+# ...but in all of them it is.
+if [ "$status" -eq 0 ] && [ "$empty" -eq "$shards" ]; then
+    status=5
+fi
+exit "$status"

@@ -5,8 +5,9 @@ Used by ``tests/test_real_components.py`` and by ``benchmarks/batch_vs_mapping.p
 component is a subprocess in a session of its own, writing its own log file, so the logs show
 which process did what and what each said last when something goes wrong. They are started one
 by one rather than under ``airflow standalone``, which merges their output into one stream.
-Nothing here imports pytest or the test configuration: a failure raises :class:`ComponentError`
-(an ``AssertionError``, which pytest reports as a test failure) carrying the end of every log.
+Callers pick the api-server's port with ``tests.helpers.free_port``. Nothing here imports pytest
+or the test configuration: a failure raises :class:`ComponentError` (an ``AssertionError``, which
+pytest reports as a test failure) carrying the end of every log.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,14 +47,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class ComponentError(AssertionError):
     """A component exited, or something awaited did not happen in time; the text ends with the logs."""
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def airflow_env(home: Path, api_port: int, banana_conn: str, **overrides: str) -> dict[str, str]:

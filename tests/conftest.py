@@ -1,6 +1,10 @@
 """
 Shared fixtures: a throwaway Airflow home on SQLite, the local Banana server, and connections.
 
+The helpers and constants the test modules share (the session's API key, ``connection_json``,
+``free_port``, the DAG-run readers...) live in ``tests/helpers.py``; this module keeps the
+fixtures and the environment Airflow must see before it is first imported.
+
 Everything here is real: the server is a subprocess on 127.0.0.1 spoken to over HTTP,
 connections come from ``AIRFLOW_CONN_*`` variables, DAGs run with ``dag.test()`` against a
 SQLite metadata database made by ``airflow db migrate``.
@@ -8,18 +12,17 @@ SQLite metadata database made by ``airflow db migrate``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+# Standard library and pytest only: importing it does not import Airflow.
+from tests.helpers import API_KEY, HOLD, ROOT, connection_json
+
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="banana-tests-airflow-home-"))
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
 
@@ -43,35 +46,38 @@ import pytest  # noqa: E402
 
 from airflow_provider_banana.devserver.testing import DevServer  # noqa: E402
 
-
-def _airflow_version() -> tuple[int, ...]:
-    from importlib.metadata import version
-
-    return tuple(int(part) for part in version("apache-airflow-core").split(".")[:2])
-
-
-#: The installed Airflow's (major, minor).
-AIRFLOW_VERSION = _airflow_version()
-#: Durable calls and batches reattach across tries through task_state_store, new in Airflow 3.3;
-#: before it a retried task starts afresh by design (README, Compatibility).
-requires_task_state_store = pytest.mark.skipif(
-    AIRFLOW_VERSION < (3, 3), reason="task_state_store (durable calls) arrived in Airflow 3.3"
-)
-
-#: A fresh random API key per test session; tests scan outputs for it.
-API_KEY = "sk-test-" + uuid.uuid4().hex
-#: Server holds used by the shared test server: short, so that a held request costs little.
-HOLD = 2.0
+#: Tests using any of these fixtures are marked ``slow``: they need the Airflow metadata database
+#: (``dag.test()``, ``airflow dags test``) or real Airflow components. ``bash scripts/test.sh --fast``
+#: (``pytest -m "not slow"``) leaves them out; marking by fixture keeps a new such test out of it too.
+SLOW_FIXTURES = frozenset({"airflow_db", "components"})
 
 
-def connection_json(url: str, api_key: str | None = API_KEY, **extra: Any) -> str:
-    """Return an ``AIRFLOW_CONN_*`` value (JSON form) for a Banana connection."""
-    conn: dict[str, Any] = {"conn_type": "banana", "host": url}
-    if api_key is not None:
-        conn["password"] = api_key
-    # The client is told the test server's holds, as a self-hosted deployment would be.
-    conn["extra"] = {"start_hold": HOLD, "check_hold": HOLD, "read_margin": 3, **extra}
-    return json.dumps(conn)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N shards of the selected tests (every N-th one from the I-th); "
+        "bash scripts/test.sh --fast runs three at once (FAST_SHARDS), its tests being mostly waits",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    result = yield  # pytest's -m and -k deselect here: the marks above are in place, the shards split the rest
+    shard = config.getoption("shard")
+    if shard:
+        index, count = (int(part) for part in shard.split("/"))
+        if not 1 <= index <= count:
+            raise pytest.UsageError(f"--shard {shard}: want I/N with 1 <= I <= N")
+        # Round robin keeps each module's cases (often a sync and an async twin) spread over the shards.
+        kept = items[index - 1 :: count]
+        kept_ids = {id(item) for item in kept}
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
+        items[:] = kept
+    return result
 
 
 @pytest.fixture(scope="session")

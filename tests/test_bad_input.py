@@ -11,7 +11,7 @@ from airflow_provider_banana.exceptions import BananaConfigError
 from airflow_provider_banana.hooks.banana import BananaHook
 from airflow_provider_banana.operators.banana import BananaInferenceOperator
 from airflow_provider_banana.sensors.banana import BananaCallSensor
-from tests.conftest import connection_json
+from tests.helpers import connection_json
 
 
 def no_request_sent(server: DevServer) -> None:

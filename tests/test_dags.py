@@ -6,39 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.models.dagrun import DagRun
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
-from sqlalchemy import select
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.conftest import API_KEY, ROOT
 from tests.dags import banana_test_dags as scenarios
+from tests.helpers import API_KEY, ROOT, assert_raised, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "banana_conn")
-
-
-def states(run: DagRun) -> dict[str, str]:
-    with create_session() as session:
-        return {
-            ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": str(ti.state)
-            for ti in run.get_task_instances(session=session)
-        }
-
-
-def xcom(run: DagRun, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == run.dag_id,
-                XComModel.run_id == run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-                XComModel.map_index == map_index,
-            )
-        ).first()
-        assert row is not None, f"no XCom {key!r} for {task_id}"
-        return XComModel.deserialize_value(row)
 
 
 class TestInference:
@@ -69,18 +42,26 @@ class TestInference:
     @pytest.mark.parametrize(
         "dag", [scenarios.deferrable_failed, scenarios.blocking_failed], ids=["deferrable", "blocking"]
     )
-    def test_failed_inference_fails_the_task(self, dag: Any, server: DevServer) -> None:
+    def test_failed_inference_fails_the_task(
+        self, dag: Any, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
         run = dag.test()
         assert str(run.state) == "failed"
         assert states(run) == {"infer": "failed", "downstream": "upstream_failed"}
+        # The model's own error, not transport trouble or a timeout.
+        assert_raised("".join(capfd.readouterr()), "BananaCallError", "failed: error: model crashed: bad weights")
         assert server.stats()["starts_taken"] == 1
 
     @pytest.mark.parametrize(
         "dag", [scenarios.deferred_timeout, scenarios.blocking_timeout], ids=["deferred", "blocking"]
     )
-    def test_operator_timeout(self, dag: Any, server: DevServer) -> None:
+    def test_operator_timeout(self, dag: Any, server: DevServer, capfd: pytest.CaptureFixture[str]) -> None:
         run = dag.test()
         assert states(run)["infer"] == "failed"
+        # The operator's own timeout=2, naming the call it gave up on.
+        assert_raised(
+            "".join(capfd.readouterr()), "BananaTimeoutError", "Banana call call_", "did not finish within 2 s"
+        )
         assert server.stats()["starts_taken"] == 1
 
     def test_mapped_inference(self, server: DevServer) -> None:
@@ -107,24 +88,36 @@ class TestSensor:
         assert xcom(run, "downstream")[0]["result"] == result
         assert server.stats()["starts_taken"] == 1
 
-    def test_failed_call_fails_the_sensor(self) -> None:
+    def test_failed_call_fails_the_sensor(self, capfd: pytest.CaptureFixture[str]) -> None:
         run = scenarios.sensor_failed.test()
         assert states(run)["wait"] == "failed"
+        assert_raised("".join(capfd.readouterr()), "BananaCallError", "failed: error: model crashed: oops")
 
     @pytest.mark.parametrize(
         "dag", [scenarios.sensor_soft_fail, scenarios.sensor_deferrable_failed], ids=["poke", "deferrable"]
     )
-    def test_soft_fail_skips_on_a_failed_call(self, dag: Any) -> None:
+    def test_soft_fail_skips_on_a_failed_call(self, dag: Any, capfd: pytest.CaptureFixture[str]) -> None:
         run = dag.test()
         assert states(run)["wait"] == "skipped"
+        logs = "".join(capfd.readouterr())
+        # Skipped for soft_fail, on the model's error (the sensor's reason in poke mode, the
+        # trigger's warning when deferred): an error event (transport trouble) would skip too.
+        assert "Skipping due to soft_fail" in logs
+        assert "error: model crashed: oops" in logs
 
-    def test_sensor_timeout_while_deferred(self) -> None:
+    def test_sensor_timeout_while_deferred(self, capfd: pytest.CaptureFixture[str]) -> None:
         run = scenarios.sensor_timeout.test()
         assert states(run)["wait"] == "failed"
+        # Airflow's sensor timeout, carrying the trigger's timeout for the call.
+        assert_raised(
+            "".join(capfd.readouterr()), "AirflowSensorTimeout", "Banana call call_", "did not finish within 1.5 s"
+        )
 
-    def test_sensor_timeout_with_soft_fail_skips(self) -> None:
+    def test_sensor_timeout_with_soft_fail_skips(self, capfd: pytest.CaptureFixture[str]) -> None:
         run = scenarios.sensor_soft_timeout.test()
         assert states(run)["wait"] == "skipped"
+        # Airflow's poke loop skipped it for its timeout=1, not for a failed call.
+        assert "Sensor has timed out" in "".join(capfd.readouterr())
 
 
 def example_bag() -> Any:

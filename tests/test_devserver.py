@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import itertools
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ from airflow_provider_banana.devserver.app import create_app
 from airflow_provider_banana.devserver.config import ADMIN_TOKEN_ENV_VAR, DevServerConfig, admin_mode
 from airflow_provider_banana.devserver.service import BananaService
 from airflow_provider_banana.devserver.testing import DevServer, DevServerError
+from tests.helpers import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +51,13 @@ ADMIN_PATHS = [
 
 
 # --------------------------------------------------------------------------- model server
+
+# An HTML error page, as a sanic or Flask debug page sends it: tags, a script, an entity.
+CRASH_PAGE = """<!doctype html><html><head><title>500 Internal Server Error</title>
+<style>body { color: red }</style><script>var frames = ["<b>not this</b>"];</script></head>
+<body><h1>Internal Server Error</h1><pre>Traceback (most recent call last):
+  File "app.py", line 9, in handler</pre><p><code>KeyError</code>: &#39;weights&#39;</p></body></html>
+"""
 
 
 class ModelServer(ThreadingHTTPServer):
@@ -82,7 +93,16 @@ class ModelServerHandler(BaseHTTPRequestHandler):
                     self._answer(423, b'{"message": "busy"}')
                     return
         if mode == "crash":
-            self._answer(500, b"Traceback (most recent call last):\n" + b"  frame\n" * 200)
+            frames = b'  File "app.py", line 9, in handler\n    load()\n' * 100
+            self._answer(
+                500, b"Traceback (most recent call last):\n" + frames + b"ValueError: bad weights\n", "text/plain"
+            )
+        elif mode == "crash_html":
+            self._answer(500, CRASH_PAGE.encode(), "text/html; charset=utf-8")
+        elif mode == "slow":
+            began = time.time()
+            time.sleep(body["seconds"])
+            self._answer(200, json.dumps({"began": began, "ended": time.time()}).encode())
         elif mode == "html":
             self._answer(200, b"<html>not json</html>", "text/html")
         elif mode == "bad_request":
@@ -99,12 +119,6 @@ class ModelServerHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep pytest output clean
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -124,7 +138,14 @@ def model_server() -> Iterator[ModelServer]:
 @pytest.fixture(scope="module")
 def main_server(model_server: ModelServer) -> Iterator[DevServer]:
     # Nothing listens on the "down" port: the model server is unreachable.
-    models = {"ext": model_server.url, "down": f"http://127.0.0.1:{free_port()}"}
+    models = {
+        "ext": model_server.url,
+        # The URL is used as given: its path, and a trailing slash, reach the model server as they are.
+        "ext-path": model_server.url + "/v1/run",
+        "ext-slash": model_server.url + "/",
+        "ext-path-slash": model_server.url + "/v1/run/",
+        "down": f"http://127.0.0.1:{free_port()}",
+    }
     with DevServer(start_hold=2, check_hold=2, replicas=32, models=models, log_level="debug") as srv:
         yield srv
 
@@ -381,9 +402,13 @@ def test_results_expire_after_the_ttl(session: requests.Session, srv: DevServer)
     failed = start(session, srv, "fail", {})["callID"]
     pending = start(session, srv, "sleep", {"seconds": 2}, start_only=True)["callID"]
     assert check(session, srv, done)["message"] == "success"
-    time.sleep(0.7)
+
+    def forgotten(call_id: str) -> bool:
+        return check(session, srv, call_id)["message"] == MISSING + call_id.removeprefix("call_")
+
+    # Polled, not slept: each is forgotten once the TTL has run from its finish.
     for call_id in (done, failed):
-        assert check(session, srv, call_id)["message"] == MISSING + call_id.removeprefix("call_")
+        wait_until(f"{call_id} forgotten after the TTL", functools.partial(forgotten, call_id))
     # the TTL counts from the finish: a call still running is kept
     assert check(session, srv, pending)["message"] == "running"
 
@@ -476,15 +501,32 @@ def test_external_model_busy_call_reports_queued(
     key = uuid.uuid4().hex
     # 0.2 + 0.4 + 0.8 + 1.6 s of back-off: the call spends nearly all of it queued
     reply = start(session, srv, "ext", {"mode": "busy", "key": key, "busy_times": 4}, start_only=True)
-    time.sleep(0.5)
-    assert check(session, srv, reply["callID"])["message"] == "queued"
+
+    def queued_after_busy() -> bool:
+        # Once the model was asked, "queued" can only be a back-off after a busy answer.
+        asked = len(model_server.requests_for(key))
+        return asked >= 1 and check(session, srv, reply["callID"])["message"] == "queued"
+
+    wait_until("the busy call reported queued", queued_after_busy, timeout=3)
     assert wait_result(session, srv, reply["callID"])["message"] == "success"
 
 
 @pytest.mark.parametrize(
     ("model", "mode", "expected"),
     [
-        ("ext", "crash", "error: model server answered HTTP 500: Traceback (most recent call last): frame"),
+        # the end of a traceback, where the exception line is; of an HTML page, its text
+        (
+            "ext",
+            "crash",
+            'error: model server answered HTTP 500: File "app.py", line 9, in handler | load() | '
+            'File "app.py", line 9, in handler | load() | ValueError: bad weights',
+        ),
+        (
+            "ext",
+            "crash_html",
+            "error: model server answered HTTP 500: 500 Internal Server Error | Internal Server Error | "
+            "Traceback (most recent call last): | File \"app.py\", line 9, in handler | KeyError: 'weights'",
+        ),
         ("ext", "bad_request", "error: model server answered HTTP 400: bad json"),
         ("ext", "html", "error: model server answered HTTP 200 with a non-JSON body: <html>not json</html>"),
         ("down", "echo", "error: model server unreachable: ConnectError"),
@@ -495,7 +537,7 @@ def test_external_model_failures(
 ) -> None:
     reply = start(session, srv, model, {"mode": mode})
     assert reply["message"].startswith(expected)
-    assert len(reply["message"]) < len(expected) + 220  # a long body is cut
+    assert len(reply["message"]) < len(expected) + 220  # a long body is cut, its end kept
     assert reply["finished"] is False
     assert srv.stats()["failed"] == 1
 
@@ -989,3 +1031,165 @@ def test_devserver_ignores_an_inherited_admin_token(monkeypatch: pytest.MonkeyPa
 def test_devserver_refuses_an_empty_admin_token() -> None:
     with pytest.raises(ValueError, match="admin_token"):
         DevServer(admin_token="")
+
+
+# --------------------------------------------------------------------------- external model URLs and their limit
+
+
+@pytest.mark.parametrize(
+    ("model", "path"), [("ext", "/"), ("ext-slash", "/"), ("ext-path", "/v1/run"), ("ext-path-slash", "/v1/run/")]
+)
+def test_external_model_url_is_posted_to_as_given(
+    session: requests.Session, srv: DevServer, model_server: ModelServer, model: str, path: str
+) -> None:
+    key = uuid.uuid4().hex
+    assert start(session, srv, model, {"key": key})["message"] == "success"
+    assert model_server.requests_for(key) == [(path, {"key": key})]
+
+
+def spans(replies: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """When each slow-mode request ran at the model server, in order of its start."""
+    return sorted((reply["modelOutputs"][0]["began"], reply["modelOutputs"][0]["ended"]) for reply in replies)
+
+
+def test_external_model_server_gets_one_request_at_a_time_by_default(session: requests.Session, srv: DevServer) -> None:
+    call_ids = [
+        start(session, srv, "ext", {"mode": "slow", "seconds": 0.3}, start_only=True)["callID"] for _ in range(3)
+    ]
+    replies = [wait_result(session, srv, call_id) for call_id in call_ids]
+    assert [reply["message"] for reply in replies] == ["success"] * 3
+    ran = spans(replies)
+    for (_, ended), (began, _) in itertools.pairwise(ran):
+        assert began >= ended - 0.01, f"requests overlapped at the model server: {ran}"
+    stats = srv.stats()
+    # the calls waiting for their turn were queued in the devserver, not running at the model server
+    assert stats["per_model"]["ext"]["running_max"] == 1
+    assert stats["per_model"]["ext"]["queued_max"] >= 2
+    assert (stats["running"], stats["queued"]) == (0, 0)
+    assert "Model server http://127.0.0.1:" in srv.log_text()
+
+
+def test_models_on_one_model_server_share_its_limit(session: requests.Session, srv: DevServer) -> None:
+    slow = start(session, srv, "ext", {"mode": "slow", "seconds": 0.6}, start_only=True)["callID"]
+    srv.wait_until(lambda s: s["per_model"]["ext"]["running"] == 1, timeout=5)
+    # another key, another path, the same scheme://host:port: it waits for the slow call
+    other = start(session, srv, "ext-path", {"mode": "slow", "seconds": 0}, start_only=True)["callID"]
+    assert check(session, srv, other)["message"] == "queued"
+    # a model on another server has its own limit
+    assert "error" in start(session, srv, "down", {})["message"]
+    first, second = wait_result(session, srv, slow), wait_result(session, srv, other)
+    assert second["modelOutputs"][0]["began"] >= first["modelOutputs"][0]["ended"] - 0.01
+
+
+@pytest.mark.parametrize(("concurrency", "running_max"), [({"ext": 2}, 2), (0, 4)])
+def test_model_concurrency_raises_or_lifts_the_limit(
+    session: requests.Session, model_server: ModelServer, concurrency: int | dict[str, int], running_max: int
+) -> None:
+    with DevServer(models={"ext": model_server.url}, model_concurrency=concurrency) as wide:
+        call_ids = [
+            start(session, wide, "ext", {"mode": "slow", "seconds": 0.4}, start_only=True)["callID"] for _ in range(4)
+        ]
+        assert [wait_result(session, wide, call_id)["message"] for call_id in call_ids] == ["success"] * 4
+        assert wide.stats()["per_model"]["ext"]["running_max"] == running_max
+
+
+def test_model_timeout_counts_from_the_request_not_the_queue(
+    session: requests.Session, model_server: ModelServer
+) -> None:
+    # Three 0.4 s calls one after another take 1.2 s, yet none outlasts its own 0.8 s.
+    with DevServer(models={"ext": model_server.url}, extra_args=["--model-timeout", "0.8"]) as strict:
+        call_ids = [
+            start(session, strict, "ext", {"mode": "slow", "seconds": 0.4}, start_only=True)["callID"] for _ in range(3)
+        ]
+        assert [wait_result(session, strict, call_id)["message"] for call_id in call_ids] == ["success"] * 3
+        # while a request that does outlast it still fails
+        slow = start(session, strict, "ext", {"mode": "slow", "seconds": 1.5})
+        assert slow["message"] == "error: model server timed out: ReadTimeout"
+
+
+def test_model_concurrency_arguments() -> None:
+    argv = ["--model", "a=http://h:1/x", "--model", "b=http://H:1/y/", "--model", "c=https://h"]
+    default = cli.config_from_args(cli.build_parser().parse_args(argv), {})
+    assert (default.model_concurrency, default.model_concurrency_by_key) == (1, {})
+    argv += ["--model-concurrency", "3", "--model-concurrency", "c=0"]
+    config = cli.config_from_args(cli.build_parser().parse_args(argv), {})
+    assert (config.model_concurrency, config.model_concurrency_by_key) == (3, {"c": 0})
+    # keys on one scheme://host:port share one limit
+    assert {origin: (server.limit, server.keys) for origin, server in config.model_servers().items()} == {
+        "http://h:1": (3, ["a", "b"]),
+        "https://h:443": (0, ["c"]),
+    }
+    assert "--model-concurrency" in cli.build_parser().format_help()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model-concurrency", "-1"], "expected N or KEY=N"),
+        (["--model-concurrency", "two"], "expected N or KEY=N"),
+        (["--model-concurrency", "=2"], "expected N or KEY=N"),
+        (["--model", "a=http://h:1", "--model-concurrency", "b=2"], "no --model b=URL was given"),
+        (
+            [
+                *("--model", "a=http://h:1/x", "--model", "b=http://h:1/y"),
+                *("--model-concurrency", "a=1", "--model-concurrency", "b=2"),
+            ],
+            "models a and b are on one server (http://h:1) but were given different concurrency limits",
+        ),
+    ],
+)
+def test_bad_model_concurrency_is_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- held requests are counted exactly
+
+
+@pytest.mark.parametrize(("endpoint", "gauge"), [("check", "long_polls_open"), ("start", "start_holds_open")])
+def test_an_abandoned_hold_is_no_longer_counted(
+    srv: DevServer, session: requests.Session, endpoint: str, gauge: str
+) -> None:
+    srv.settings(check_hold=30, start_hold=30)
+    body: dict[str, Any] = {"id": str(uuid.uuid4()), "created": int(time.time()), "apiKey": "any"}
+    if endpoint == "check":
+        body |= {"longPoll": True, "callID": start(session, srv, "sleep", {"seconds": 20}, start_only=True)["callID"]}
+    else:
+        body |= {"modelKey": "sleep", "startOnly": False, "modelInputs": {"seconds": 20}}
+    data = json.dumps(body).encode()
+    head = (
+        f"POST /{endpoint}/v4/ HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as sock:
+        sock.sendall(head.encode() + data)
+        srv.wait_until(lambda s: s[gauge] == 1, timeout=5)
+    # The client is gone: far sooner than the 30 s hold, nobody is counted as waiting.
+    stats = srv.wait_until(lambda s: s[gauge] == 0, timeout=3)
+    assert (stats["running"], stats["queued"]) == (1, 0)  # the call itself runs on
+    assert srv.forget() == 1
+    stats = srv.stats()
+    assert (stats["running"], stats["queued"], stats["long_polls_open"], stats["start_holds_open"]) == (0, 0, 0, 0)
+
+
+def test_a_cancelled_long_poll_is_no_longer_counted() -> None:
+    async def scenario() -> None:
+        service = BananaService(DevServerConfig(check_hold=30))
+        await service.open()
+        try:
+            reply = await service.start(
+                json.dumps({"modelKey": "sleep", "startOnly": True, "modelInputs": {"seconds": 20}}).encode()
+            )
+            body = json.dumps({"callID": reply["callID"], "longPoll": True}).encode()
+            held = asyncio.ensure_future(service.check(body))
+            await asyncio.sleep(0.05)  # the Check is parsed and held on its first step
+            assert service.stats.long_polls_open.value == 1
+            held.cancel()
+            await asyncio.gather(held, return_exceptions=True)
+            assert service.stats.long_polls_open.value == 0
+            assert (service.stats.running.value, service.stats.queued.value) == (1, 0)
+        finally:
+            await service.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))

@@ -7,18 +7,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.conftest import requires_task_state_store
 from tests.dags import banana_test_dags as scenarios
-from tests.test_dags import states, xcom
+from tests.helpers import requires_task_state_store, states, try_numbers, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "banana_conn")
-
-
-def try_numbers(run: Any) -> dict[str, int]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {ti.task_id: ti.try_number for ti in run.get_task_instances(session=session)}
 
 
 @pytest.mark.parametrize(

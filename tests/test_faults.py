@@ -29,7 +29,7 @@ from airflow_provider_banana.exceptions import (
 )
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
-from tests.conftest import API_KEY, connection_json
+from tests.helpers import API_KEY, collect, connection_json
 
 POLICY = BananaRetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=1.5, jitter=0.02)
 #: The bound of every wait in this module: a case that is not over by then has hung.
@@ -202,9 +202,10 @@ def test_server_restarted_mid_call_is_a_clear_error_not_a_hang(fserver: DevServe
 
     now = time.time()
     trigger = BananaCallTrigger(call_id, "banana_default", deadline=now + DEADLINE, started_at=now)
-    events = asyncio.run(_collect(trigger))
+    events = asyncio.run(collect(trigger))
     assert [e.payload["status"] for e in events] == ["failed"]
     assert call_id in events[0].payload["call_id"]
+    assert "does not exist" in events[0].payload["message"]  # Banana's answer for a call it lost
 
 
 def test_server_down_longer_than_the_retry_budget(fserver: DevServer) -> None:
@@ -218,7 +219,7 @@ def test_server_down_longer_than_the_retry_budget(fserver: DevServer) -> None:
 
     now = time.time()
     trigger = BananaCallTrigger(call_id, "banana_default", deadline=now + DEADLINE, started_at=now, max_attempts=3)
-    events = asyncio.run(_collect(trigger))
+    events = asyncio.run(collect(trigger))
     assert [e.payload["status"] for e in events] == ["error"]
     assert "could not connect" in events[0].payload["message"]
     assert time.monotonic() - began < 2 * DEADLINE
@@ -226,7 +227,3 @@ def test_server_down_longer_than_the_retry_budget(fserver: DevServer) -> None:
         BananaHook(retry_policy=POLICY).start({"prompt": "x"}, "wordcount")
     fserver.start()
     assert fserver.stats()["starts_taken"] == 0  # a fresh process: nothing was taken while down
-
-
-async def _collect(trigger: BananaCallTrigger) -> list[Any]:
-    return [event async for event in trigger.run()]

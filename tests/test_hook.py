@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -21,10 +20,7 @@ from airflow_provider_banana.exceptions import (
     BananaTimeoutError,
 )
 from airflow_provider_banana.hooks.banana import BananaHook
-from tests.conftest import API_KEY, connection_json
-
-# Fast backoff so retry tests take milliseconds; the rules are the production ones.
-FAST = BananaRetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=2.0, jitter=0.01)
+from tests.helpers import API_KEY, FAST, connection_json, free_port
 
 
 def make_hook(**kwargs: Any) -> BananaHook:
@@ -34,12 +30,6 @@ def make_hook(**kwargs: Any) -> BananaHook:
 @pytest.fixture
 def hook(banana_conn: str) -> BananaHook:
     return make_hook(banana_conn_id=banana_conn)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TestResults:
@@ -212,7 +202,9 @@ class TestRetries:
         server.faults(delay_next={"count": 1, "seconds": 1.5, "endpoints": ["start"]})
         with pytest.raises(BananaResponseLostError, match=r"no whole answer within the request's time limit"):
             make_hook().start({"prompt": "a"}, start_only=True)
-        time.sleep(1.2)  # let the delayed Start land before counting
+        # The server takes the delayed Start after the client gave up; wait for that (so it does not
+        # land in the next test's counters), then count.
+        server.wait_until(lambda stats: stats["starts_taken"] == 1, timeout=5)
         assert server.stats()["start_requests"] == 1
 
     def test_start_non_json_body_is_not_retried(self, hook: BananaHook, server: DevServer) -> None:

@@ -35,7 +35,7 @@ from airflow_provider_banana.exceptions import (
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
 from airflow_provider_banana.operators.banana import BananaInferenceOperator
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
-from tests.conftest import connection_json
+from tests.helpers import collect, connection_json
 from tests.hostile import (
     Blackhole,
     HostileServer,
@@ -89,11 +89,7 @@ def run_trigger(call_id: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
     """Run a trigger to its one event; check the event is JSON and secret-free."""
     now = time.time()
     trigger = BananaCallTrigger(call_id, deadline=now + timeout, started_at=now, **kwargs)
-
-    async def collect() -> list[Any]:
-        return [event async for event in trigger.run()]
-
-    events = asyncio.run(collect())
+    events = asyncio.run(collect(trigger))
     assert len(events) == 1, events
     payload = events[0].payload
     assert json.loads(json.dumps(payload)) == payload

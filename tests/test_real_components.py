@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.components import RUN_TIMEOUT, AirflowComponents, airflow_env, free_port, processes_titled, started
-from tests.conftest import AIRFLOW_VERSION, API_KEY, ROOT, connection_json
+from tests.components import RUN_TIMEOUT, AirflowComponents, airflow_env, processes_titled, started
+from tests.helpers import AIRFLOW_VERSION, API_KEY, ROOT, connection_json, free_port
 
 # The module takes 60-95 s on two cores, more on the first run after install (every .pyc gets
 # compiled); ~40 s of it is starting the components, which the first test pays for. The waits below fail sooner,

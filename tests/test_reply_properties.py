@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from airflow_provider_banana.contract import CHECK, START, BananaResult, BananaRetryPolicy, parse_reply
 from airflow_provider_banana.exceptions import BananaError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
-from tests.conftest import connection_json
+from tests.helpers import connection_json
 from tests.hostile import HostileServer, Request, response
 from tests.leaks import KEY, assert_no_key, error_texts, key_forms
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
-from tests.conftest import API_KEY
 from tests.dags import banana_test_dags as scenarios
-from tests.test_dags import states
+from tests.helpers import API_KEY, assert_raised, states
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "banana_conn")
 
@@ -27,6 +27,9 @@ def test_random_key_appears_nowhere(server: DevServer, airflow_db: Path, capfd: 
     assert [str(run.state) for run in runs] == ["success", "success", "failed", "failed", "success"]
     out, err = capfd.readouterr()
     logs = out + err
+    # The two failures are the model's error and the timeout, with their texts in the logs scanned.
+    assert_raised(logs, "BananaCallError", "failed: error: model crashed: bad weights")
+    assert_raised(logs, "BananaTimeoutError", "did not finish within 2 s")
     assert "Banana call" in logs  # the task logs were captured, so the scan below means something
     assert API_KEY not in logs
     scanned = 0
@@ -58,6 +61,9 @@ def test_execution_timeout_holds_while_deferred(server: DevServer, capfd: pytest
     run = scenarios.execution_timeout_deferred.test()
     assert states(run)["infer"] == "failed"
     logs = "".join(capfd.readouterr())
-    call_ids = [word for word in logs.split() if word.startswith("call_")]
-    assert call_ids, "the task log names no call"
-    assert "timeout" in logs.lower()
+    message = assert_raised(logs, "BananaTimeoutError", "did not finish within")
+    # It names the call, and the limit that held is execution_timeout (3 s), not timeout=600.
+    found = re.search(r"Banana call (call_\S+) did not finish within ([\d.]+) s", message)
+    assert found, message
+    assert found[1] in logs.replace(message, ""), "the error names a call the task did not log"
+    assert float(found[2]) <= 3

@@ -15,8 +15,7 @@ from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.exceptions import BananaError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
-from tests.conftest import API_KEY, HOLD, connection_json
-from tests.test_hook import FAST, free_port
+from tests.helpers import API_KEY, FAST, HOLD, collect, connection_json, free_port
 
 
 def start_call(inputs: dict[str, Any], model_key: str) -> str:
@@ -28,10 +27,6 @@ def start_call(inputs: dict[str, Any], model_key: str) -> str:
 def make_trigger(call_id: str, timeout: float = 30.0, **kwargs: Any) -> BananaCallTrigger:
     now = time.time()
     return BananaCallTrigger(call_id, "banana_default", deadline=now + timeout, started_at=now, **kwargs)
-
-
-async def collect(trigger: BananaCallTrigger) -> list[TriggerEvent]:
-    return [event async for event in trigger.run()]
 
 
 def run_trigger(trigger: BananaCallTrigger) -> dict[str, Any]:
@@ -56,6 +51,7 @@ class TestSerialize:
             "poll_interval",
             "long_poll",
             "max_attempts",
+            "deferred_at",
         }
         text = json.dumps(kwargs)
         assert len(text) < 300
@@ -146,7 +142,8 @@ class TestRun:
 
         async def run_then_stop() -> None:
             task = asyncio.ensure_future(collect(first))
-            await asyncio.sleep(0.5)
+            # Mid-call: its first Check (a long poll on the 1.5 s call) has reached the server.
+            await asyncio.to_thread(server.wait_until, lambda stats: stats["check_requests"] >= 1, 5.0)
             task.cancel()  # the triggerer stops (restart, or the trigger moves elsewhere)
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -179,7 +176,7 @@ class TestRun:
             async def ticker() -> None:
                 last = time.monotonic()
                 while not stop.is_set():
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the measurement itself: how late each tick wakes
                     now = time.monotonic()
                     gaps.append(now - last)
                     last = now

@@ -481,7 +481,7 @@ class BananaBatchInferenceOperator(BaseOperator):
             while True:
                 self._start_next(inputs, plan, store)
                 self.log.info("Banana batch: %s", _progress(plan, store, time.time() - started_at))
-                if plan.complete:
+                if plan.ended:
                     return self._finish(plan, store)
                 if time.time() >= deadline:
                     raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
@@ -640,9 +640,9 @@ def _progress(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:
     # "120/1000 finished (12%), 64 running, 816 waiting, 0 failed after 12.0 s; 10.0 inputs/s, about
     # 88 s left": the rate counts this try's inputs only (a resumed try starts from what it found).
     counts = plan.progress()
-    ended = counts["done"] + counts["failed"]
+    ended = counts["finished"] + counts["failed"]
     line = (
-        f"{counts['done']}/{plan.size} finished ({counts['done'] / max(plan.size, 1):.0%}), "
+        f"{counts['finished']}/{plan.size} finished ({counts['finished'] / max(plan.size, 1):.0%}), "
         f"{counts['running']} running, {counts['waiting']} waiting, {counts['failed']} failed after {elapsed:.1f} s"
     )
     this_try = ended - store.ended_at_start

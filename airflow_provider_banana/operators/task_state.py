@@ -115,7 +115,7 @@ class BatchStore:
             return None
         self.chunks = int(state.get("chunks", 0))
         counts = plan.progress()
-        self.ended_at_start = counts["done"] + counts["failed"]
+        self.ended_at_start = counts["finished"] + counts["failed"]
         if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
             self.started_at = float(state["started_at"])
             self.ended_at_start = int(state.get("ended_at_start", self.ended_at_start))
@@ -129,7 +129,7 @@ class BatchStore:
         """
         self.started_at = time.time()
         counts = plan.progress()
-        self.ended_at_start = counts["done"] + counts["failed"]
+        self.ended_at_start = counts["finished"] + counts["failed"]
 
     def outputs(self) -> dict[int, list[Any]]:
         """Return every output persisted so far, by input index (read once, when the batch ends)."""
