@@ -39,11 +39,11 @@ PARTS = ("capacity", "hook", "import", "server", "batch")
 DEFAULT_PARTS = PARTS[:4]
 
 #: (kind, N) of the default run: each baseline where it is not saturated and at 1,000, and the
-#: provider's trigger before (a client per hook) and after (shared clients) at 1,000.
+#: provider's trigger on aiohttp beside its last httpx revision (HTTPX_BASELINE) at 1,000.
 DEFAULT_CAPACITY = (
     ("banana", 100),
     ("banana", 1000),
-    ("banana-client-per-hook", 1000),
+    (triggerer_capacity.HTTPX_BASELINE, 1000),
     ("naive-5", 100),
     ("naive-5", 1000),
     ("naive-60", 1000),
@@ -51,7 +51,7 @@ DEFAULT_CAPACITY = (
 FULL_CAPACITY = (
     *DEFAULT_CAPACITY,
     ("banana", 10000),
-    ("banana-client-per-hook", 10000),
+    (triggerer_capacity.HTTPX_BASELINE, 10000),
     ("naive-5", 10000),
     ("naive-60", 10000),
 )
