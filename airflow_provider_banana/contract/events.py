@@ -32,6 +32,8 @@ class EventStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     #: Waiting failed for another reason (transport trouble that outlived the retries, a bad connection).
     ERROR = "error"
+    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
+    SUCCESS = "success"
 
 
 def classify_error(error: BaseException, redactor: Redactor | None = None) -> tuple[EventStatus, str]:

@@ -32,6 +32,8 @@ class CallState(str, enum.Enum):
 
     RUNNING = "running"
     FINISHED = "finished"
+    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
+    SUCCEEDED = "finished"
 
 
 @dataclass(frozen=True, kw_only=True)

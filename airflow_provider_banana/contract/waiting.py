@@ -205,6 +205,8 @@ class Reattach(str, enum.Enum):
     WAIT = "wait"
     #: Finished: its outputs are the task's result.
     FINISHED = "finished"
+    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
+    DONE = "finished"
     #: Failed, expired or unknown: start a new call.
     RESTART = "restart"
 
