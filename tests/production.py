@@ -70,6 +70,14 @@ MAPPED_CALLS = int(os.environ.get("BANANA_PRODUCTION_MAPPED", "200"))
 BATCH_INPUTS = int(os.environ.get("BANANA_PRODUCTION_BATCH", "500"))
 BATCH_SECONDS = 1.0
 SCHEDULER_CALLS = 6
+#: Which scenarios run (a debugging aid: the key scan always runs, and its checks that it saw
+#: enough assume all of them ran).
+SCENARIOS = os.environ.get("BANANA_PRODUCTION_SCENARIOS", "examples,mapped,batch,scheduler").split(",")
+#: When to kill the batch's worker: "consistent" (the test: an instant where the persisted plan
+#: accounts for every Start taken), "anywhere" (the first instant probed), or "mid-burst" (an
+#: instant where the plan counts inputs of a burst of Starts as started before their Starts were
+#: sent: shows what such a kill costs).
+BATCH_KILL = os.environ.get("BANANA_PRODUCTION_BATCH_KILL", "consistent")
 SCHEDULER_CALL_SECONDS = 20.0
 CELERY_CONCURRENCY = 4
 
@@ -82,6 +90,11 @@ RECOVERY_SETTINGS = {
     # A dead scheduler's queued tasks are adopted within ~35 s, not after 300 s.
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "20",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
+    # A task the dead scheduler had marked queued but not yet sent to Celery (the Celery provider's
+    # documented window between the two) is requeued after 60 s, not 600 s (checked every 10 s,
+    # not 120 s).
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
 }
 #: [triggerer] triggerer_health_check_threshold is left at its default (30 s): the takeover time
 #: measured is the one a deployment gets.
@@ -203,8 +216,8 @@ class Topology:
         self.triggerer_jobs[label] = job_id
         return job_id
 
-    def start_worker(self, label: str) -> None:
-        """Start a Celery worker and wait until it consumes."""
+    def start_worker(self, label: str, wait: bool = True) -> None:
+        """Start a Celery worker and (unless told not to) wait until it consumes."""
         self.start(
             label,
             "celery",
@@ -217,6 +230,10 @@ class Topology:
             "--without-mingle",
             "--without-gossip",
         )
+        if wait:
+            self.wait_for_worker(label)
+
+    def wait_for_worker(self, label: str) -> None:
         path = self.stack.log_path(label)
         self.stack.wait_for(f"{label} ready", lambda: b" ready." in path.read_bytes(), STARTUP_TIMEOUT)
 
@@ -287,7 +304,9 @@ def topology(args: argparse.Namespace, key: str) -> Iterator[Topology]:
             AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{args.redis_port}/0",
             AIRFLOW__CELERY__RESULT_BACKEND=f"db+postgresql+psycopg2://{pg}",
             AIRFLOW__CELERY__WORKER_CONCURRENCY=str(CELERY_CONCURRENCY),
-            AIRFLOW__CORE__PARALLELISM="64",
+            # Tasks queued beyond what the worker runs wait in Redis; few enough that none waits
+            # anywhere near the task_queued_timeout above.
+            AIRFLOW__CORE__PARALLELISM="16",
             AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="256",
             # Two api-server workers: every task process talks to the Execution API.
             AIRFLOW__API__WORKERS="2",
@@ -302,10 +321,11 @@ def topology(args: argparse.Namespace, key: str) -> Iterator[Topology]:
             topo.start("api-server", "api-server")
             topo.start("scheduler", "scheduler", "--skip-serve-logs")
             topo.start("dag-processor", "dag-processor")
-            topo.start_worker("celery-worker-1")
+            topo.start_worker("celery-worker-1", wait=False)
             # One after the other, so that each job id is known to belong to its process.
             topo.start_triggerer("triggerer-1")
             topo.start_triggerer("triggerer-2")
+            topo.wait_for_worker("celery-worker-1")
             for dag_id in [*EXAMPLE_STARTS, *PRODUCTION_DAGS]:
                 stack.wait_for(
                     f"{dag_id} parsed and served",
@@ -341,12 +361,15 @@ def trigger(stack: AirflowComponents, dag_id: str, conf: dict[str, Any] | None =
     return run_id, f"{dag_path}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
-def task_states(stack: AirflowComponents, run_path: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for ti in stack.api("GET", f"{run_path}/taskInstances?limit=1000")["task_instances"]:
-        name = f"{ti['task_id']}={ti['state']}"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
+def task_states(topo: Topology, dag_id: str, run_id: str) -> dict[str, int]:
+    """Return how many task instances of a run are in each task and state (the REST API pages at 100)."""
+    rows = topo.db.rows(
+        "SELECT task_id || '=' || coalesce(state, 'none'), count(*) FROM task_instance"
+        " WHERE dag_id = %s AND run_id = %s GROUP BY 1",
+        dag_id,
+        run_id,
+    )
+    return dict(rows)  # type: ignore[arg-type]
 
 
 def run_seconds(stack: AirflowComponents, run_path: str) -> float:
@@ -424,7 +447,7 @@ def examples(row: Row, topo: Topology) -> None:
     row.figures["DAG runs"] = f"{sum(s == 'success' for s in states.values())}/{len(states)} success"
     row.figures["Starts expected/seen"] = f"{expected}/{starts}"
     row.figures["slowest run"] = f"{max(run_seconds(stack, path) for _, path in runs.values()):.0f} s"
-    failed = {d: task_states(stack, runs[d][1]) for d, s in states.items() if s != "success"}
+    failed = {d: task_states(topo, d, runs[d][0]) for d, s in states.items() if s != "success"}
     check(not failed, f"runs failed: {failed}")
     check(starts == expected, f"the server took {starts} Starts, expected {expected}")
 
@@ -437,7 +460,7 @@ def mapped_triggerer_kill(
     before = topo.starts()
     # Every call ends at the same instant, late enough for all to defer, the kill and the takeover;
     # the check after the kill proves the survivor took the triggers over while the calls still ran.
-    ends_in = 90 + n * 0.9
+    ends_in = 75 + n * 0.6
     until = time.time() + ends_in
     triggered = time.monotonic()
     run_id, run_path = trigger(stack, MAPPED_DAG, {"n": n, "until": until})
@@ -527,7 +550,7 @@ def mapped_triggerer_kill(
     row.figures["moved triggers logging the resume"] = f"{resumed}/{len(moved)}"
 
     state = stack.wait_for_run_end(run_path, timeout=until - time.time() + 120 + n * 1.5)
-    states = task_states(stack, run_path)
+    states = task_states(topo, MAPPED_DAG, run_id)
     starts = topo.starts() - before
     row.figures["tasks"] = ", ".join(f"{k}: {v}" for k, v in sorted(states.items()))
     row.figures["Starts expected/seen"] = f"{n}/{starts}"
@@ -563,9 +586,12 @@ def batch_worker_kill(row: Row, topo: Topology) -> None:
         starts = topo.starts() - before
         started = plan.get("next_fresh", -1)
         accounted = plan.get("done", 0) + len(plan.get("running", {})) + len(plan.get("failed", {}))
-        if starts == started == accounted and not plan.get("retry_queue"):
+        half_burst = started != accounted
+        if BATCH_KILL == "anywhere" or (BATCH_KILL == "mid-burst" and half_burst):
             break
-        reason = "Start not yet persisted" if starts != started else "burst of Starts half persisted"
+        if BATCH_KILL == "consistent" and starts == started == accounted and not plan.get("retry_queue"):
+            break
+        reason = "burst of Starts half persisted" if half_burst else "Start not yet persisted"
         probes[reason] = probes.get(reason, 0) + 1
         for member in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -575,6 +601,8 @@ def batch_worker_kill(row: Row, topo: Topology) -> None:
     running_at_kill = len(plan["running"])
     killed_at = topo.kill(label)
     row.figures["killed at"] = f"{plan['done']} done, {running_at_kill} running, {n - started} not started"
+    if BATCH_KILL != "consistent":
+        row.figures["kill instant"] = f"{BATCH_KILL}: {starts} Starts taken, plan persisted {started} started"
     if probes:
         row.figures["kill instants refused"] = ", ".join(f"{v} x {k}" for k, v in probes.items())
     print(f"killed {label} mid-batch: {row.figures['killed at']}", flush=True)
@@ -598,7 +626,7 @@ def batch_worker_kill(row: Row, topo: Topology) -> None:
     row.figures["retry reattached to"] = f"{match['n']} running calls ({match['counts']})"
 
     state = stack.wait_for_run_end(run_path, timeout=300 + n * BATCH_SECONDS)
-    states = task_states(stack, run_path)
+    states = task_states(topo, BATCH_DAG, run_id)
     starts = topo.starts() - before
     row.figures["Starts expected/seen"] = f"{n}/{starts}"
     row.figures["tasks"] = ", ".join(f"{k}: {v}" for k, v in sorted(states.items()))
@@ -614,21 +642,19 @@ def batch_worker_kill(row: Row, topo: Topology) -> None:
 def scheduler_kill(row: Row, topo: Topology) -> None:
     stack, db, n = topo.stack, topo.db, SCHEDULER_CALLS
     before = topo.starts()
+    log_before = stack.log_path("scheduler").read_bytes()
     run_id, run_path = trigger(stack, SCHEDULER_DAG, {"n": n, "seconds": SCHEDULER_CALL_SECONDS})
 
-    # First kill: as soon as one call is deferred, others still queued or running in the worker.
-    wait_until(
-        "a deferred call",
-        lambda: db.states(SCHEDULER_DAG, run_id, "infer_deferred").get("deferred"),
-        180,
-        topo,
-    )
-    during = {"1": dict(db.states(SCHEDULER_DAG, run_id, "infer_deferred"))}
-    down = []
-    killed = topo.kill("scheduler")
-    time.sleep(5)
-    topo.start("scheduler", "scheduler", "--skip-serve-logs")
-    down.append(time.time() - killed)
+    def kill_and_restart(number: int, down_for: float) -> None:
+        states = db.states(SCHEDULER_DAG, run_id, "infer_deferred")
+        killed = topo.kill("scheduler")
+        time.sleep(down_for)
+        topo.start("scheduler", "scheduler", "--skip-serve-logs")
+        row.figures[f"kill {number}"] = f"calls {states}, down {time.time() - killed:.0f} s"
+
+    # First kill: as soon as one call is deferred, the others queued or running in the worker.
+    wait_until("a deferred call", lambda: db.states(SCHEDULER_DAG, run_id, "infer_deferred").get("deferred"), 180, topo)
+    kill_and_restart(1, 5)
 
     # Second kill: once a trigger has fired, while the other calls resume or still wait.
     def resumed() -> int:
@@ -642,17 +668,22 @@ def scheduler_kill(row: Row, topo: Topology) -> None:
         )
 
     wait_until("a deferred call resuming", resumed, 180, topo)
-    during["2"] = dict(db.states(SCHEDULER_DAG, run_id, "infer_deferred"))
-    killed = topo.kill("scheduler")
-    time.sleep(10)
-    topo.start("scheduler", "scheduler", "--skip-serve-logs")
-    down.append(time.time() - killed)
+    # Down longer than scheduler_health_check_threshold: the new one fails the old job at once
+    # and adopts its queued and running tasks.
+    kill_and_restart(2, 25)
 
     state = stack.wait_for_run_end(run_path, timeout=300)
-    states = task_states(stack, run_path)
+    states = task_states(topo, SCHEDULER_DAG, run_id)
     starts = topo.starts() - before
-    row.figures["kills"] = "; ".join(f"#{k} with {v}" for k, v in during.items())
-    row.figures["scheduler down"] = " + ".join(f"{d:.0f} s" for d in down)
+    # What the new schedulers found: tasks adopted from the dead one, and tasks it had marked
+    # queued but never sent to Celery (requeued once task_queued_timeout passed).
+    log = stack.log_path("scheduler").read_bytes()[len(log_before) :].decode(errors="replace")
+    adopted = sum(int(m) for m in re.findall(r"Adopted the following (\d+) tasks", log))
+    requeued = db.rows("SELECT count(*) FROM log WHERE run_id = %s AND event = 'stuck in queued reschedule'", run_id)[
+        0
+    ][0]
+    row.figures["adopted by the new scheduler"] = f"{adopted} tasks"
+    row.figures["never sent, requeued by task_queued_timeout"] = f"{requeued} tasks"
     row.figures["Starts expected/seen"] = f"{2 * n}/{starts}"
     row.figures["run"] = f"{run_seconds(stack, run_path):.0f} s"
     check(state == "success", f"run {state}: {states}")
@@ -804,7 +835,7 @@ def key_scan(row: Row, key: str, args: argparse.Namespace, scans: list[dict[str,
     row.figures["key found"] = f"{len(hits)} times"
     check(not hits, f"the API key leaked: {hits[:20]}")
     check(logs["files"] > 100 and logs["bytes"] > 0, f"the log scan saw too little: {logs}")
-    check(dump["has_run_data"] and dump["rows"] > 1000, f"the pg_dump holds no run data: {dump}")
+    check(dump["has_run_data"] and dump["rows"] > 100, f"the pg_dump holds no run data: {dump}")
     check(all(s["keys"] > 0 and s["values"] > 0 for s in scans), f"a Redis scan saw nothing: {scans}")
     check(any(s["celery messages decoded"] > 0 for s in scans), f"no Celery message was seen in Redis: {scans}")
 
@@ -819,7 +850,7 @@ def table(rows: list[Row], header: dict[str, str]) -> str:
     ]
     for row in rows:
         measured = "; ".join(f"{k}: {v}" for k, v in row.figures.items())
-        result = "passed" if row.ok else f"**FAILED** ({row.error[:300]})"
+        result = "passed" if row.ok else f"**FAILED** ({row.error.splitlines()[0][:300]})"
         lines.append(f"| {row.scenario} | {result} | {measured} |")
     top = ", ".join(f"{k} {v}" for k, v in header.items())
     return f"{top}\n\n" + "\n".join(lines)
@@ -865,12 +896,16 @@ def main() -> int:
         print(f"components up after {time.monotonic() - began:.0f} s", flush=True)
         header["PostgreSQL"] = topo.db.rows("SHOW server_version")[0][0].split()[0]
         header["Redis"] = redis.Redis(host="127.0.0.1", port=args.redis_port).info()["redis_version"]
-        rows.append(examples(topo))
-        rows.append(mapped_triggerer_kill(topo, args, key, scans))
-        # Back to two triggerers for what follows.
-        topo.start_triggerer("triggerer-3")
-        rows.append(batch_worker_kill(topo))
-        rows.append(scheduler_kill(topo))
+        if "examples" in SCENARIOS:
+            rows.append(examples(topo))
+        if "mapped" in SCENARIOS:
+            rows.append(mapped_triggerer_kill(topo, args, key, scans))
+            # Back to two triggerers for what follows.
+            topo.start_triggerer("triggerer-3")
+        if "batch" in SCENARIOS:
+            rows.append(batch_worker_kill(topo))
+        if "scheduler" in SCENARIOS:
+            rows.append(scheduler_kill(topo))
         # Something the dump must hold if it holds the runs' data: a call id from XCom.
         found = topo.db.rows("SELECT value FROM xcom WHERE key = 'call_id' LIMIT 1")
         expected_in_db = found[0][0] if found else MAPPED_DAG

@@ -82,7 +82,7 @@ CASES = [
     Case("connection reset mid-answer on Check", {"drop_next": {"count": 2, "endpoints": ["check"]}}, "success"),
     Case(
         "answer slower than the client timeout on Check",
-        {"delay_next": {"count": 1, "seconds": 2.5, "endpoints": ["check"]}},
+        {"delay_next": {"count": 1, "seconds": 4.5, "endpoints": ["check"]}},
         "success",
     ),
     Case(
@@ -129,7 +129,9 @@ def fserver(fault_server: DevServer, monkeypatch: pytest.MonkeyPatch) -> DevServ
     if not fault_server.running:
         fault_server.start()
     fault_server.reset(forget_calls=True)
-    conn = connection_json(fault_server.url, start_hold=1, check_hold=1, read_margin=1, quick_read=1)
+    # Each limit holds a whole request (not one read), so they leave a loaded 2-core machine room:
+    # a quick request gets 2.5 s, a held one its hold + 2 s; the "slower than the client" fault waits 4.5 s.
+    conn = connection_json(fault_server.url, start_hold=1, check_hold=1, read_margin=2, quick_read=2.5)
     monkeypatch.setenv("AIRFLOW_CONN_BANANA_DEFAULT", conn)
     return fault_server
 

@@ -242,10 +242,11 @@ class TestRetries:
         assert server.stats()["check_requests"] == FAST.max_attempts
 
     def test_check_read_timeout_is_retried(self, server: DevServer, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("AIRFLOW_CONN_BANANA_DEFAULT", connection_json(server.url, quick_read=0.5))
+        # quick_read holds the whole request: 1 s leaves the Start room on a loaded machine.
+        monkeypatch.setenv("AIRFLOW_CONN_BANANA_DEFAULT", connection_json(server.url, quick_read=1.0))
         hook = make_hook()
         call_id = hook.start({"seconds": 0.1}, "sleep", start_only=True).call_id or ""
-        server.faults(delay_next={"count": 1, "seconds": 2, "endpoints": ["check"]})
+        server.faults(delay_next={"count": 1, "seconds": 3, "endpoints": ["check"]})
         assert hook.check(call_id, long_poll=False).finished
         assert server.stats()["check_requests"] >= 2
 

@@ -421,7 +421,11 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
     except aiohttp.InvalidURL as e:
         raise unusable_url(str(e), redactor=exchange.redactor) from None
     except aiohttp.ClientPayloadError as e:
-        if isinstance(e.__cause__, aiohttp.http_exceptions.ContentEncodingError) or "encoding" in str(e).lower():
+        # aiohttp before 3.14 refuses, by itself, a network read that inflates past 32 MiB: a bomb.
+        cause = e.__cause__
+        if isinstance(cause, aiohttp.http_exceptions.DecompressSizeError) or "exceeds the configured limit" in str(e):
+            raise exchange.too_large() from None
+        if isinstance(cause, aiohttp.http_exceptions.ContentEncodingError) or "encoding" in str(e).lower():
             raise exchange.undecodable(e) from None
         raise exchange.failed(TransportFailure.CONNECTION_LOST, e) from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
