@@ -39,8 +39,6 @@ from airflow_provider_banana.contract import (
 from airflow_provider_banana.exceptions import BananaError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     import aiohttp
     import requests
 
@@ -125,22 +123,51 @@ def _declared_length(headers: Any) -> int | None:
     return int(value) if isinstance(value, str) and value.strip().isdigit() else None
 
 
-def _collect(chunks: Iterable[bytes], status_code: int, exchange: Exchange, ends_at: float) -> tuple[bytes, bool]:
-    # A 200 is read whole, up to the limit; an error reply only as far as its message needs.
-    cap = exchange.limit if status_code == 200 else ERROR_BODY_BYTES
-    kept: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        size += len(chunk)
-        if size > cap:
-            if status_code == 200:
-                raise exchange.too_large()
-            kept.append(chunk[: len(chunk) - (size - cap)])
-            return b"".join(kept), True
-        kept.append(chunk)
-        if time.monotonic() > ends_at:  # a second line of defence behind the watchdog
-            raise exchange.timed_out()
-    return b"".join(kept), False
+class _Body:
+    """
+    Keep a reply's (decompressed) chunks as they arrive, within the limit; both halves feed it.
+
+    A 200 is kept whole, up to ``exchange.limit`` (past it: :class:`BananaReplyTooLargeError`); an
+    error reply only as far as its message needs (:data:`ERROR_BODY_BYTES`), the rest dropped.
+
+    :param status_code: the reply's status.
+    :param headers: the reply's headers (``Content-Length``, ``Retry-After``, ``Location``).
+    :param exchange: the request and its limits.
+    """
+
+    def __init__(self, status_code: int, headers: Any, exchange: Exchange) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.exchange = exchange
+        self.cap = exchange.limit if status_code == 200 else ERROR_BODY_BYTES
+        self.kept: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+        declared = _declared_length(headers)
+        if status_code == 200 and declared is not None and declared > exchange.limit:
+            raise exchange.too_large()  # refused before reading a byte of it
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; return whether to read on."""
+        self.size += len(chunk)
+        if self.size > self.cap:
+            if self.status_code == 200:
+                raise self.exchange.too_large()
+            self.kept.append(chunk[: len(chunk) - (self.size - self.cap)])
+            self.truncated = True
+            return False
+        self.kept.append(chunk)
+        return True
+
+    def reply(self) -> RawReply:
+        """Return what was kept."""
+        return RawReply(
+            status_code=self.status_code,
+            content=b"".join(self.kept),
+            retry_after=self.headers.get("Retry-After"),
+            location=self.headers.get("Location"),
+            truncated=self.truncated,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,10 +355,12 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
                 proxies=environment.get("proxies"),
             )
             try:
-                declared = _declared_length(response.headers)
-                if response.status_code == 200 and declared is not None and declared > exchange.limit:
-                    raise exchange.too_large()
-                content, truncated = _collect(response.iter_content(_CHUNK), response.status_code, exchange, ends_at)
+                body = _Body(response.status_code, response.headers, exchange)
+                for chunk in response.iter_content(_CHUNK):
+                    if not body.add(chunk):
+                        break
+                    if time.monotonic() > ends_at:  # a second line of defence behind the watchdog
+                        raise exchange.timed_out()
             finally:
                 response.close()
     except BananaError:
@@ -348,13 +377,7 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
         if deadline.fired:
             raise exchange.timed_out() from None
         raise exchange.unexpected(e) from None
-    return RawReply(
-        status_code=response.status_code,
-        content=content,
-        retry_after=response.headers.get("Retry-After"),
-        location=response.headers.get("Location"),
-        truncated=truncated,
-    )
+    return body.reply()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,31 +414,12 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
     timeout = aiohttp.ClientTimeout(total=budget.total, connect=budget.connect, sock_connect=budget.connect)
     try:
         async with session.post(exchange.url, data=exchange.body, timeout=timeout, allow_redirects=False) as response:
-            status_code = response.status
-            declared = response.content_length
-            if status_code == 200 and declared is not None and declared > exchange.limit:
-                raise exchange.too_large()
-            cap = exchange.limit if status_code == 200 else ERROR_BODY_BYTES
-            kept: list[bytes] = []
-            size = 0
-            truncated = False
+            body = _Body(response.status, response.headers, exchange)
             # Decompressed chunks: the limit counts what the body inflates to, not what was sent.
             async for chunk in response.content.iter_chunked(_CHUNK):
-                size += len(chunk)
-                if size > cap:
-                    if status_code == 200:
-                        raise exchange.too_large()
-                    kept.append(chunk[: len(chunk) - (size - cap)])
-                    truncated = True
+                if not body.add(chunk):
                     break
-                kept.append(chunk)
-            return RawReply(
-                status_code=status_code,
-                content=b"".join(kept),
-                retry_after=response.headers.get("Retry-After"),
-                location=response.headers.get("Location"),
-                truncated=truncated,
-            )
+            return body.reply()
     except BananaError:
         raise
     except aiohttp.InvalidURL as e:
