@@ -12,7 +12,12 @@ find_uv  # from bootstrap.sh
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    # `|| true`: under `set -e` a failing kill or wait (a killed server's status is 143) would
+    # become this script's exit status.
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
