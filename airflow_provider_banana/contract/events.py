@@ -112,7 +112,7 @@ def event_summary(event: Any) -> str:
     elapsed, checks = event.get("elapsed"), event.get("checks")
     if not isinstance(elapsed, (int, float)) or not isinstance(checks, int) or isinstance(checks, bool):
         return ""
-    return f"{elapsed:.1f} s after its Start, {checks} Checks from the triggerer"
+    return f"{elapsed:.1f} s after its Start, Checks from the triggerer: {checks}"
 
 
 def outputs_from_event(event: Any) -> tuple[str, list[Any]]:

@@ -166,7 +166,7 @@ class CallWaiter:
             line = ("Banana call %s is %s after %.1f s", self.call_id, status, now - self.started_at)
         elif now - self.last_logged >= PROGRESS_EVERY:
             line = (
-                "Banana call %s is still %s after %.1f s (%d Checks; %.0f s left before the deadline)",
+                "Banana call %s is still %s after %.1f s (Checks: %d; %.0f s left before the deadline)",
                 self.call_id,
                 status,
                 now - self.started_at,

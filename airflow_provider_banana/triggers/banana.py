@@ -164,7 +164,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
         except Exception as e:  # every failure becomes the one event the operator reads
             event = error_event(self.call_id, e, redactor=self._redactor, **self._summary())
             self.log.warning(
-                "Banana call %s: %s after %.1f s (%d Checks)",
+                "Banana call %s: %s after %.1f s (Checks: %d)",
                 self.call_id,
                 event["message"] or event["status"],
                 event["elapsed"],
@@ -174,7 +174,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
             return
         event = success_event(self.call_id, outputs, **self._summary())
         self.log.info(
-            "Banana call %s finished after %.1f s (%d Checks)", self.call_id, event["elapsed"], event["checks"]
+            "Banana call %s finished after %.1f s (Checks: %d)", self.call_id, event["elapsed"], event["checks"]
         )
         yield TriggerEvent(event)
 
