@@ -388,6 +388,40 @@ def processes_using(home: Path) -> list[psutil.Process]:
     return found
 
 
+def wait_until_served(stack: AirflowComponents, dag_ids: list[str]) -> None:
+    """Wait until every DAG is parsed and served by the REST API, and the Execution API answers.
+
+    :param stack: the running components.
+    :param dag_ids: the DAGs the test will run.
+    """
+    for dag_id in dag_ids:
+        stack.wait_for(
+            f"{dag_id} parsed and served by the REST API",
+            functools.partial(stack.api, "GET", f"api/v2/dags/{dag_id}"),
+            STARTUP_TIMEOUT,
+        )
+    # The Execution API builds its versioned routes on its first request, which holds the
+    # api-server's event loop for 5-15 s here; a task's first call would time out (5 s) and
+    # retry behind it. (The all-admins token this request gets makes the api-server log one
+    # harmless "JWT reissue middleware failed" warning.)
+    assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
+
+
+def stop_and_reap(stack: AirflowComponents) -> list[psutil.Process]:
+    """Stop every component, then SIGKILL whatever escaped their process trees; return those.
+
+    :param stack: the components to stop.
+    """
+    try:
+        stack.stop()
+    finally:
+        # Whatever escaped the process trees still carries our AIRFLOW_HOME in its environment.
+        stragglers = processes_using(stack.home)
+        for process in stragglers:
+            _signal(process, signal.SIGKILL)
+    return stragglers
+
+
 @contextlib.contextmanager
 def started(home: Path, env: Mapping[str, str], api_url: str, dag_ids: list[str]) -> Iterator[AirflowComponents]:
     """Migrate the home's database, start the four components, wait until they serve ``dag_ids``; stop all after.
@@ -408,25 +442,9 @@ def started(home: Path, env: Mapping[str, str], api_url: str, dag_ids: list[str]
         stack.start("scheduler", "--skip-serve-logs")
         stack.start("dag-processor")
         stack.start("triggerer", "--skip-serve-logs")
-        for dag_id in dag_ids:
-            stack.wait_for(
-                f"{dag_id} parsed and served by the REST API",
-                functools.partial(stack.api, "GET", f"api/v2/dags/{dag_id}"),
-                STARTUP_TIMEOUT,
-            )
-        # The Execution API builds its versioned routes on its first request, which holds the
-        # api-server's event loop for 5-15 s here; a task's first call would time out (5 s) and
-        # retry behind it. (The all-admins token this request gets makes the api-server log one
-        # harmless "JWT reissue middleware failed" warning.)
-        assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
+        wait_until_served(stack, dag_ids)
         yield stack
     finally:
-        try:
-            stack.stop()
-        finally:
-            # Whatever escaped the process trees still carries our AIRFLOW_HOME in its environment.
-            stragglers = processes_using(home)
-            for process in stragglers:
-                _signal(process, signal.SIGKILL)
-            if stragglers:
-                raise ComponentError(f"left running after stop: {stragglers}")
+        stragglers = stop_and_reap(stack)
+        if stragglers:
+            raise ComponentError(f"left running after stop: {stragglers}")

@@ -43,6 +43,7 @@ os.environ.update(
 )
 
 import pytest  # noqa: E402
+import requests  # noqa: E402
 
 from airflow_provider_banana.devserver.testing import DevServer  # noqa: E402
 
@@ -114,3 +115,11 @@ def airflow_db() -> Path:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    """A ``requests`` session for talking to local servers directly (the devserver, a Potassium app)."""
+    with requests.Session() as s:
+        s.trust_env = False  # never route loopback traffic through an environment proxy
+        yield s

@@ -66,6 +66,8 @@ from tests.components import (
     airflow_env,
     log_records,
     processes_using,
+    stop_and_reap,
+    wait_until_served,
 )
 from tests.leaks import key_forms
 
@@ -333,24 +335,12 @@ def topology(args: argparse.Namespace, key: str) -> Iterator[Topology]:
             topo.start_triggerer("triggerer-1")
             topo.start_triggerer("triggerer-2")
             topo.wait_for_worker("celery-worker-1")
-            for dag_id in [*EXAMPLE_STARTS, *PRODUCTION_DAGS]:
-                stack.wait_for(
-                    f"{dag_id} parsed and served",
-                    functools.partial(stack.api, "GET", f"api/v2/dags/{dag_id}"),
-                    STARTUP_TIMEOUT,
-                )
-            assert stack.api("GET", "execution/health", timeout=120)["status"] == "healthy"
+            wait_until_served(stack, [*EXAMPLE_STARTS, *PRODUCTION_DAGS])
             yield topo
         finally:
-            try:
-                stack.stop()
-            finally:
-                stragglers = processes_using(home)
-                for process in stragglers:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        process.kill()
-                if stragglers:
-                    print(f"killed stragglers after the stop: {stragglers}", file=sys.stderr)
+            stragglers = stop_and_reap(stack)
+            if stragglers:
+                print(f"killed stragglers after the stop: {stragglers}", file=sys.stderr)
     finally:
         db.close()
         (work / "devserver.log").write_text(server.log_text())  # scanned for the key with the rest

@@ -176,13 +176,6 @@ def keyed_server() -> Iterator[DevServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.trust_env = False  # never route loopback traffic through an environment proxy
-        yield s
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -146,13 +146,6 @@ def srv(banana_server: DevServer, potassium: PotassiumApp) -> DevServer:
     return banana_server
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.trust_env = False  # never route loopback traffic through an environment proxy
-        yield s
-
-
 # --------------------------------------------------------------------------- helpers
 
 
