@@ -56,11 +56,16 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": behaviour["relabeling"],
                     "placeholders": behaviour["placeholders"],
                 },
+                # Airflow 3.2+ shows these as form fields whose values it writes into the Extra
+                # JSON (3.1 ignores them). Its React form gives a text field a placeholder only
+                # through schema "examples" (also offered as suggestions), and starts each field at
+                # schema "default": without one that is null, so a new connection's Extra read
+                # {"model_key": null}. from_connection reads "" and null alike as no default key.
                 "conn-fields": {
                     "model_key": {
                         "label": "Default model key",
-                        "description": "Used when an operator or hook call gives no model_key.",
-                        "schema": {"type": ["string", "null"]},
+                        "description": "Used when an operator or hook call gives no model_key, e.g. your-model-key.",
+                        "schema": {"type": ["string", "null"], "default": "", "examples": ["your-model-key"]},
                     }
                 },
             }

@@ -12,8 +12,10 @@ The tree::
     └── BananaError                        any problem talking to Banana
         ├── BananaConfigError (ValueError) bad argument or connection; raised before any request
         ├── BananaCallError                Banana says the call itself failed (call_id, message)
-        │   └── BananaCallNotFoundError    unknown or expired callID ("taskID does not exist")
+        │   ├── BananaCallNotFoundError    unknown or expired callID ("taskID does not exist")
+        │   └── BananaBatchError           items of a batch failed after their retries (failures, size)
         ├── BananaTimeoutError             our own deadline passed while the call ran on (call_id, timeout)
+        │   └── BananaBatchTimeoutError    a batch's deadline passed with calls running (running, progress)
         └── BananaTransportError           the exchange failed; says nothing about the call (endpoint, request_sent)
             ├── BananaConnectError         never reached the server: the request was not taken
             ├── BananaResponseLostError    the request was sent, its answer lost (read timeout, dropped connection)
@@ -29,9 +31,13 @@ Banana" and is never reported as a failed inference.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from airflow.exceptions import AirflowException
 
 __all__ = [
+    "BananaBatchError",
+    "BananaBatchTimeoutError",
     "BananaCallError",
     "BananaCallNotFoundError",
     "BananaConfigError",
@@ -190,6 +196,51 @@ class BananaReplyTooLargeError(BananaProtocolError):
     def __init__(self, detail: str, *, endpoint: str, call_id: str | None = None, limit: int) -> None:
         self.limit = limit
         super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=200)
+
+
+class BananaBatchError(BananaCallError):
+    """
+    Report the items of a batch that failed after their retries.
+
+    :param failures: input index to Banana's last message for it (or why its Start may have been
+        billed without an answer).
+    :param size: the number of inputs in the batch.
+    """
+
+    def __init__(self, failures: Mapping[int, str], size: int) -> None:
+        self.failures = dict(sorted(failures.items()))
+        self.size = size
+        shown = "; ".join(f"item {index}: {message}" for index, message in list(self.failures.items())[:20])
+        more = f"; and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
+        self.call_id = None
+        self.message = f"{len(self.failures)} of {size} Banana batch items failed: {shown}{more}"
+        BananaError.__init__(self, self.message)
+
+
+class BananaBatchTimeoutError(BananaTimeoutError):
+    """
+    Report that a batch's deadline passed with calls still running.
+
+    :param running: input index to call id, for the calls still running (they run on, billed;
+        a retry of the task reattaches to them).
+    :param timeout: the seconds the deadline stood for.
+    :param progress: the batch's counts when it stopped.
+    """
+
+    def __init__(self, running: Mapping[int, str], timeout: float, progress: Mapping[str, int]) -> None:
+        self.running = dict(sorted(running.items()))
+        self.progress = dict(progress)
+        self.call_id = None
+        self.timeout = timeout
+        self.last_message = None
+        calls = ", ".join(f"item {i}: {c}" for i, c in list(self.running.items())[:10])
+        more = f" and {len(self.running) - 10} more" if len(self.running) > 10 else ""
+        counts = ", ".join(f"{v} {k}" for k, v in self.progress.items())
+        BananaError.__init__(
+            self,
+            f"Banana batch did not finish within {timeout:g} s ({counts}); still running: {calls}{more}. "
+            "Banana v4 cannot cancel them; a retry of this task reattaches to them",
+        )
 
 
 def _rebuild(cls, args, state):

@@ -217,7 +217,11 @@ def child_main(answer_fd: int) -> int:
         await _first_event(_make_trigger(config["kind"], config["warm_up_call"], time.time()))
 
     asyncio.run(warm_up())
-    print("READY", file=answers, flush=True)
+    import airflow_provider_banana
+
+    # The parent checks where the provider came from: a baseline that imported the checkout
+    # instead would compare the code with itself.
+    print("READY", airflow_provider_banana.__file__, file=answers, flush=True)
     plan = json.loads(sys.stdin.readline())
     calls = [(call_id, until) for call_id, until in plan["calls"]]
     result = asyncio.run(_hold_all(config["kind"], calls, config["url"], config["server_pid"]))
@@ -281,7 +285,9 @@ def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=ROOT,
+                # Not the checkout: `python -m` puts the working directory first on sys.path, ahead
+                # of PYTHONPATH, and banana@REF would then import today's code.
+                cwd=tmp,
                 pass_fds=(answer_write,),
             )
         os.close(answer_write)
@@ -294,9 +300,12 @@ def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any
             config = {"kind": kind, "url": srv.url, "server_pid": srv.pid, "warm_up_call": warm_up_call}
             child.stdin.write((json.dumps(config) + "\n").encode())
             child.stdin.flush()
-            ready = answers.readline()
-            if ready.strip() != b"READY":
+            ready = answers.readline().split()
+            if not ready or ready[0] != b"READY":
                 raise RuntimeError(f"the child did not start ({ready!r}):\n{log_path.read_text()[-3000:]}")
+            imported_from = Path(ready[1].decode()).resolve()
+            if Path(paths[0]).resolve() not in imported_from.parents:
+                raise RuntimeError(f"{kind}: the child imported the provider from {imported_from}, not {paths[0]}")
             # The Starts below take about 1 ms each on this machine; the lead counts from their end.
             first_finish = time.time() + 2.0 + n / 1000 + lead
             untils = [first_finish + window * i / max(n - 1, 1) for i in range(n)]

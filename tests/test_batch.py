@@ -33,7 +33,11 @@ class TestPlan:
         assert plan.next_starts() == []
         plan.record(Wave(finished={"c1": [1]}))
         assert plan.next_starts() == [2]
-        assert plan.progress() == {"finished": 1, "running": 1, "waiting": 2, "failed": 0}
+        # A Start in flight holds its slot: it counts as running until its answer is recorded.
+        assert plan.progress() == {"finished": 1, "running": 2, "waiting": 2, "failed": 0}
+        assert plan.next_starts() == []
+        plan.started(2, "c2")
+        assert plan.progress() == {"finished": 1, "running": 2, "waiting": 2, "failed": 0}
 
     def test_retries_come_first_then_give_up(self) -> None:
         plan = BatchPlan(size=3, max_in_flight=1, item_retries=1, stop_on_failure=False)

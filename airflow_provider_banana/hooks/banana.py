@@ -24,7 +24,6 @@ import tenacity
 from airflow.sdk import BaseHook
 
 from airflow_provider_banana import __version__, connection_ui_behaviour
-from airflow_provider_banana.batch import Wave, hand_back_now
 from airflow_provider_banana.contract import (
     CHECK,
     DEFAULT_MAX_REPLY_BYTES,
@@ -37,10 +36,8 @@ from airflow_provider_banana.contract import (
     BananaRunning,
     BananaTimeouts,
     CallWaiter,
-    EventStatus,
     build_check_body,
     build_start_body,
-    classify_error,
     describe_retry,
     endpoint_url,
     max_reply_bytes_from_extra,
@@ -62,7 +59,7 @@ from airflow_provider_banana.hooks import _transport
 from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable
 
     import aiohttp
     import requests
@@ -73,8 +70,6 @@ _HEADERS = {
     "Accept": "application/json",
     "User-Agent": f"airflow-provider-banana/{__version__}",
 }
-#: Seconds a batch wait lingers after its first call ended, to hand back more than one result.
-DEFAULT_LINGER = 1.0
 #: Replies larger than this are parsed in a worker thread by the async hook, off the event loop.
 _PARSE_IN_THREAD_BYTES = 1024 * 1024
 # A callID no server ever issued: test_connection checks it to prove the URL and key without
@@ -555,88 +550,6 @@ def _loop_share() -> _LoopSessions:
     return share
 
 
-class CallWatch:
-    """
-    Follow calls until they end, handing back a :class:`Wave` of what ended at a time.
-
-    A call's wait keeps running between two waves, so a watch that lives across waves (the batch
-    operator's worker, which starts the next calls between them on the same event loop) sends no
-    Check twice for one wait. :meth:`BananaAsyncHook.wait_many` is a watch of one wave.
-
-    :param follow: waits for one call and returns its ``modelOutputs`` (see
-        :meth:`BananaAsyncHook.watch`).
-    """
-
-    def __init__(self, follow: Callable[[str], Awaitable[list[Any]]]) -> None:
-        self._follow = follow
-        self._waits: dict[asyncio.Future[list[Any]], str] = {}
-
-    def __len__(self) -> int:
-        return len(self._waits)
-
-    async def wave(self, call_ids: Iterable[str], *, linger: float, within: float | None = None) -> Wave:
-        """
-        Follow ``call_ids`` too (those not followed yet), and return once enough calls ended.
-
-        The wave ends when all, or half, of the calls followed ended, or ``linger`` seconds after
-        the first one did; when the deadline passes; when transport trouble outlives the retries;
-        or, given ``within``, when no call ended within that many seconds (an empty wave). Calls
-        that did not end stay followed for the next wave.
-
-        :param call_ids: the calls in flight.
-        :param linger: seconds to wait for more calls to end after the first one did.
-        :param within: most seconds to wait for the first call to end (default: no limit).
-        """
-        followed = set(self._waits.values())
-        for call_id in call_ids:
-            if call_id not in followed:
-                self._waits[asyncio.ensure_future(self._follow(call_id))] = call_id
-        in_flight = len(self._waits)
-        finished: dict[str, list[Any]] = {}
-        failed: dict[str, str] = {}
-        timed_out, error = False, None
-        began = time.monotonic()
-        first_end: float | None = None
-        while self._waits and not (timed_out or error):
-            if first_end is not None:
-                budget: float | None = max(0.0, linger - (time.monotonic() - first_end))
-            elif within is not None:
-                budget = within - (time.monotonic() - began)
-                if budget <= 0:
-                    break  # nothing ended in time
-            else:
-                budget = None
-            done, _ = await asyncio.wait(self._waits, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                if future not in self._waits:  # stopped meanwhile (aclose)
-                    continue
-                call_id = self._waits.pop(future)
-                try:
-                    finished[call_id] = future.result()
-                except Exception as e:  # transport trouble or a local problem too: reported, not hidden
-                    status, text = classify_error(e)
-                    if status is EventStatus.FAILED:
-                        failed[call_id] = text
-                    elif status is EventStatus.TIMEOUT:
-                        timed_out = True
-                    else:
-                        error = text
-            ended = len(finished) + len(failed)
-            if ended and first_end is None:
-                first_end = time.monotonic()
-            since = None if first_end is None else time.monotonic() - first_end
-            if hand_back_now(ended, in_flight, since, linger):
-                break
-        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
-
-    async def aclose(self) -> None:
-        """Stop following every call (the calls themselves run on)."""
-        waits, self._waits = list(self._waits), {}
-        for future in waits:
-            future.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
 class BananaAsyncHook(_BananaHookBase):
     """
     Talk to a Banana-compatible API from an event loop (the trigger's half of :class:`BananaHook`).
@@ -765,73 +678,6 @@ class BananaAsyncHook(_BananaHookBase):
                 return step.outputs
             if step.pause:
                 await asyncio.sleep(step.pause)
-
-    async def wait_many(
-        self,
-        call_ids: list[str],
-        *,
-        timeout: float | None = None,
-        started_at: float | None = None,
-        long_poll: bool = True,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        linger: float = DEFAULT_LINGER,
-        deadline: float | None = None,
-    ) -> Wave:
-        """
-        Wait on several calls at once until enough of them ended to be worth handing back.
-
-        Each call is followed as :meth:`wait` follows one (long polls, retries), through a hook of
-        its own on a leased client (as triggers share them). The wait ends when all, or half, of
-        the calls ended, or ``linger`` seconds after the first one did; when the deadline passes;
-        or when transport trouble outlives the retries. The Checks still in flight are then
-        dropped: the calls run on.
-
-        :param call_ids: the calls in flight.
-        :param timeout: seconds the batch may take, counted from ``started_at``.
-        :param started_at: ``time.time()`` when the batch (this try) started (default: now).
-        :param long_poll: use long-poll Checks.
-        :param poll_interval: least seconds between the starts of two Checks of one call.
-        :param linger: seconds to wait for more calls to end after the first one did.
-        :param deadline: the absolute ``time.time()`` the wait ends at, instead of ``timeout``.
-        :return: what ended, and whether the deadline passed or an error stopped the wait.
-        """
-        watch = self.watch(
-            timeout=timeout, deadline=deadline, started_at=started_at, long_poll=long_poll, poll_interval=poll_interval
-        )
-        try:
-            return await watch.wave(call_ids, linger=linger)
-        finally:
-            await watch.aclose()
-
-    def watch(
-        self,
-        *,
-        timeout: float | None = None,
-        started_at: float | None = None,
-        long_poll: bool = True,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        deadline: float | None = None,
-    ) -> CallWatch:
-        """
-        Return a :class:`CallWatch` that follows calls across waves on this hook's connection.
-
-        :param timeout: seconds the calls may take, counted from ``started_at``.
-        :param started_at: ``time.time()`` when the batch (this try) started (default: now).
-        :param deadline: the absolute ``time.time()`` the calls' waits end at, instead of ``timeout``.
-        :param long_poll: use long-poll Checks.
-        :param poll_interval: least seconds between the starts of two Checks of one call.
-        """
-        return CallWatch(
-            functools.partial(
-                self.wait,
-                quiet=True,
-                timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                deadline=deadline,
-                started_at=time.time() if started_at is None else started_at,
-                long_poll=long_poll,
-                poll_interval=poll_interval,
-            )
-        )
 
     async def run(
         self, model_inputs: Any, model_key: str | None = None, *, timeout: float = DEFAULT_TIMEOUT

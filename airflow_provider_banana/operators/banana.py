@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
 import json
-import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
-from airflow_provider_banana.batch import (
+from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListInputs, as_storage_path
+from airflow_provider_banana.batch.plan import (
+    DEFAULT_MAX_STARTING,
     ON_ITEM_FAILURE,
-    BananaBatchTimeoutError,
+    START_LOST,
     BatchPlan,
     Wave,
-    inputs_digest,
 )
+from airflow_provider_banana.batch.store import BATCH_CHUNK_KEY, BATCH_STATE_KEY, BatchStore
+from airflow_provider_banana.batch.watch import DEFAULT_LINGER, BatchWorker
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -39,21 +40,22 @@ from airflow_provider_banana.contract import (
     validate_poll_interval,
     validate_seconds,
 )
-from airflow_provider_banana.exceptions import BananaCallError, BananaConfigError, BananaError, BananaTimeoutError
-from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook, BananaHook, CallWatch
-from airflow_provider_banana.operators.task_state import (
-    BATCH_CHUNK_KEY,
-    BATCH_STATE_KEY,
-    CALL_ID_KEY,
-    BatchStore,
-    StoredCall,
+from airflow_provider_banana.exceptions import (
+    BananaBatchTimeoutError,
+    BananaCallError,
+    BananaConfigError,
+    BananaError,
+    BananaTimeoutError,
+    BananaTransportError,
 )
+from airflow_provider_banana.hooks.banana import BananaHook
+from airflow_provider_banana.operators.task_state import CALL_ID_KEY, StoredCall
 from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCallTrigger
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, ObjectStoragePath
 
-T = TypeVar("T")
+    BatchInputs = ListInputs | JsonlInputs
 
 __all__ = [
     "BATCH_CHUNK_KEY",
@@ -71,8 +73,9 @@ DEFER_BACKSTOP_MARGIN = 60.0
 #: Seconds a batch pauses when nothing runs because every input left to start was refused at its
 #: Start (an "error" message) and waits for its retry.
 REFUSED_START_PAUSE = 1.0
-#: Seconds closing a batch's watch may take (cancelling Checks, closing connections).
-_CLOSE_TIMEOUT = 30.0
+#: With an output file, lines are written once this many per ``max_in_flight`` slot are ready (and
+#: always before a deferral and at the end), so a batch of 100,000 writes a few hundred parts.
+FLUSH_LINES_PER_SLOT = 2
 #: Seconds a deferrable batch's worker waits for a call to end before deferring: about what the
 #: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
 DEFAULT_DEFER_AFTER = 5.0
@@ -330,28 +333,42 @@ class BananaBatchInferenceOperator(BaseOperator):
     """
     Run many inferences from one task, at most ``max_in_flight`` at a time, and return all outputs.
 
-    Each item of ``model_inputs`` is the ``modelInputs`` of one call. Starts are sent only from the
-    worker, which then follows the calls in flight and starts the next inputs as waves of them
-    end. With ``deferrable=True``, once no call ended within ``defer_after`` seconds, the task
-    defers: one :class:`~airflow_provider_banana.triggers.banana.BananaBatchTrigger` watches the
-    calls in flight and hands control back when a wave of them ended, so the worker can start the
-    next ones, and so on. The return value is a list with one entry per input, in input order:
+    The inputs are ``model_inputs`` (a list) or the lines of ``input_path`` (a JSONL file), each
+    the ``modelInputs`` of one call. Starts are sent only from the worker, up to ``max_starting`` at
+    once, each call id recorded as its answer arrives; the worker then follows the calls in flight
+    and starts the next inputs as waves of them end. With ``deferrable=True``, once no call ended
+    within ``defer_after`` seconds, the task defers: one
+    :class:`~airflow_provider_banana.triggers.banana.BananaBatchTrigger` watches the calls in
+    flight and hands control back when a wave of them ended, so the worker can start the next
+    ones, and so on.
+
+    Without ``output_path`` the return value is a list with one entry per input, in input order:
     that call's ``modelOutputs`` list, or ``None`` for an input that failed under
-    ``on_item_failure="skip"``.
+    ``on_item_failure="skip"``. With ``output_path`` the results go to that JSONL file instead, one
+    line per input in input order (``{"index", "status", "call_id", "model_outputs", "message"}``),
+    and the task returns ``{"output_path": ..., "succeeded": n, "failed": k}``.
 
     :param model_inputs: a list whose items are the inputs of one call each (templated, or an
-        upstream task's output); a string that renders to a JSON array works too.
+        upstream task's output); a string that renders to a JSON array works too. Exclusive with
+        ``input_path``.
+    :param input_path: a JSONL file (templated URI string, or an ``ObjectStoragePath``), one JSON
+        object per line, each the inputs of one call; every line is checked before any Start.
+    :param output_path: a JSONL file (templated URI string, or an ``ObjectStoragePath``) that
+        receives one line per input, in input order, instead of XCom.
     :param model_key: the model (templated); defaults to the connection extra's ``model_key``.
     :param banana_conn_id: the Airflow connection to use.
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
-    :param max_in_flight: most calls running at once.
+    :param max_in_flight: most calls running (or starting) at once.
+    :param max_starting: most Starts sent at once. A worker that dies mid-batch loses the call ids
+        of at most this many Starts (the next try reports those inputs as possibly billed, and
+        starts them again).
     :param timeout: seconds the whole batch may take, per try; then the task fails naming the calls
         still running (a retry reattaches to them).
     :param item_retries: times one failed input is started again before it counts as failed.
     :param on_item_failure: ``"fail"``: once an input failed after its retries no new input is
         started, the calls in flight are waited for (their outputs are kept for a retry), and the
         task fails naming the failed inputs and their messages; ``"skip"``: a failed input's entry
-        is ``None``, it is logged, and the batch goes on.
+        is ``None`` (a ``"failed"`` line with ``output_path``), it is logged, and the batch goes on.
     :param poll_interval: least seconds between the starts of two Checks of one call.
     :param long_poll: let Banana hold each Check up to 50 s until the call finishes.
     :param max_attempts: tries of one request through transient trouble (see the README).
@@ -365,18 +382,21 @@ class BananaBatchInferenceOperator(BaseOperator):
         and a DAG parse). ``0`` defers at once.
     """
 
-    template_fields: Sequence[str] = ("model_inputs", "model_key")
+    template_fields: Sequence[str] = ("model_inputs", "model_key", "input_path", "output_path")
     template_fields_renderers = {"model_inputs": "json"}
     ui_color = "#ffe135"
 
     def __init__(
         self,
         *,
-        model_inputs: Any,
+        model_inputs: Any = None,
+        input_path: str | ObjectStoragePath | None = None,
+        output_path: str | ObjectStoragePath | None = None,
         model_key: str | None = None,
         banana_conn_id: str = BananaHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_in_flight: int = 8,
+        max_starting: int = DEFAULT_MAX_STARTING,
         timeout: float = DEFAULT_TIMEOUT,
         item_retries: int = 2,
         on_item_failure: str = "fail",
@@ -391,13 +411,23 @@ class BananaBatchInferenceOperator(BaseOperator):
         super().__init__(**kwargs)
         if on_item_failure not in ON_ITEM_FAILURE:
             raise BananaConfigError(f"on_item_failure must be one of {ON_ITEM_FAILURE}, got {on_item_failure!r}")
+        if (model_inputs is None) == (input_path is None):
+            raise BananaConfigError(
+                "Give the batch's inputs as exactly one of model_inputs (a list) and input_path (a JSONL file)"
+            )
+        for name, value in (("input_path", input_path), ("output_path", output_path)):
+            if value is not None and not isinstance(value, str):
+                as_storage_path(value, name)  # an ObjectStoragePath, or a clear error now
         # Built once here so bad numbers fail when the DAG is parsed.
-        BatchPlan(0, max_in_flight, item_retries, stop_on_failure=True)
+        BatchPlan(0, max_in_flight, item_retries, stop_on_failure=True, max_starting=max_starting)
         self.model_inputs = model_inputs
+        self.input_path = input_path
+        self.output_path = output_path
         self.model_key = model_key
         self.banana_conn_id = banana_conn_id
         self.deferrable = deferrable
         self.max_in_flight = max_in_flight
+        self.max_starting = max_starting
         self.timeout = validate_seconds("timeout", timeout)
         self.item_retries = item_retries
         self.on_item_failure = on_item_failure
@@ -415,29 +445,53 @@ class BananaBatchInferenceOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         """Start the batch (or carry on with this task's earlier calls), then wait or defer."""
-        inputs = self._inputs()
-        plan, store = self._plan(inputs), BatchStore(context, self.durable)
-        state = store.load(plan)
-        if state is not None:
-            if state.get("try_number") != context["ti"].try_number:
-                plan.new_try()
-            self.log.info(
-                "Resuming Banana batch from an earlier try: %s; reattaching to %d running calls",
-                _counts(plan),
-                len(plan.running),
-            )
-        # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
-        store.begin_try(plan)
-        return self._advance(inputs, plan, store)
+        with self._batch(context) as (source, output, plan, store):
+            state = store.load(plan)
+            if state is not None:
+                if state.get("try_number") != context["ti"].try_number:
+                    plan.new_try()
+                self.log.info(
+                    "Resuming Banana batch from an earlier try: %s; reattaching to %d running calls",
+                    _counts(plan),
+                    len(plan.running),
+                )
+            # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
+            store.begin_try(plan)
+            return self._advance(source, output, plan, store)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
         """Take a wave of results from the trigger, then start the next calls or finish."""
-        inputs = self._inputs()
-        plan, store = self._plan(inputs), BatchStore(context, self.durable)
-        if store.load(plan) is None:
-            raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
-        self._take_wave(plan, store, Wave.from_event(event))
-        return self._advance(inputs, plan, store)
+        with self._batch(context) as (source, output, plan, store):
+            if store.load(plan) is None:
+                raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
+            self._take_wave(plan, store, Wave.from_event(event))
+            return self._advance(source, output, plan, store)
+
+    @contextlib.contextmanager
+    def _batch(self, context: Context) -> Iterator[tuple[BatchInputs, JsonlOutput | None, BatchPlan, BatchStore]]:
+        # Everything about the inputs and the files is checked here, before any Start.
+        output = JsonlOutput(as_storage_path(self.output_path, "output_path")) if self.output_path else None
+        source: BatchInputs
+        if self.input_path is not None:
+            path = as_storage_path(self.input_path, "input_path")
+            if output is not None and str(path) == str(output.path):
+                raise BananaConfigError(f"output_path must not be input_path ({path})")
+            source = JsonlInputs(path).scan()
+        else:
+            source = ListInputs(self._inputs())
+        try:
+            plan = BatchPlan(
+                size=source.size,
+                max_in_flight=self.max_in_flight,
+                item_retries=self.item_retries,
+                stop_on_failure=self.on_item_failure == "fail",
+                digest=source.digest + (":to-file" if output else ""),
+                max_starting=self.max_starting,
+                ordered=output is not None,
+            )
+            yield source, output, plan, BatchStore(context, self.durable)
+        finally:
+            source.close()
 
     def _inputs(self) -> list[dict[str, Any]]:
         value = self.model_inputs
@@ -456,19 +510,10 @@ class BananaBatchInferenceOperator(BaseOperator):
                 raise type(e)(f"model_inputs[{index}]: {e}") from e
         return inputs
 
-    def _plan(self, inputs: list[dict[str, Any]]) -> BatchPlan:
-        return BatchPlan(
-            size=len(inputs),
-            max_in_flight=self.max_in_flight,
-            item_retries=self.item_retries,
-            stop_on_failure=self.on_item_failure == "fail",
-            digest=inputs_digest(inputs),
-        )
-
-    def _advance(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> Any:
+    def _advance(self, source: BatchInputs, output: JsonlOutput | None, plan: BatchPlan, store: BatchStore) -> Any:
         started_at = store.started_at
         deadline = started_at + self.timeout
-        worker_watch = _WorkerWatch(
+        worker = BatchWorker(
             self.banana_conn_id,
             BananaRetryPolicy(max_attempts=self.max_attempts),
             linger=self.linger,
@@ -477,12 +522,15 @@ class BananaBatchInferenceOperator(BaseOperator):
             long_poll=self.long_poll,
             poll_interval=self.poll_interval,
         )
-        with contextlib.closing(worker_watch):
+        with contextlib.closing(worker):
+            if output is not None:
+                self._refetch(plan, store, worker)
             while True:
-                self._start_next(inputs, plan, store)
+                self._start_next(source, plan, store, worker)
+                self._flush(plan, store, output)
                 self.log.info("Banana batch: %s", _progress(plan, store, time.time() - started_at))
                 if plan.ended:
-                    return self._finish(plan, store)
+                    return self._finish(plan, store, output)
                 if time.time() >= deadline:
                     raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
                 running = list(plan.running.values())
@@ -490,12 +538,14 @@ class BananaBatchInferenceOperator(BaseOperator):
                     time.sleep(REFUSED_START_PAUSE)
                     continue
                 if not self.deferrable:
-                    self._take_wave(plan, store, worker_watch.wave(running))
+                    self._take_wave(plan, store, worker.wave(running))
                     continue
                 # A deferral costs a task resume (scheduling, a worker start, a DAG parse: seconds),
                 # so while calls keep ending within defer_after the batch goes on in the worker.
-                wave = worker_watch.wave(running, within=self.defer_after) if self.defer_after else Wave()
+                wave = worker.wave(running, within=self.defer_after) if self.defer_after else Wave()
                 if wave.empty:
+                    # What is held in memory does not survive the deferral: write what can be.
+                    self._flush(plan, store, output, force=True)
                     self.defer(
                         trigger=BananaBatchTrigger(
                             call_ids=running,
@@ -512,26 +562,67 @@ class BananaBatchInferenceOperator(BaseOperator):
                     )
                 self._take_wave(plan, store, wave)
 
-    def _start_next(self, inputs: list[dict[str, Any]], plan: BatchPlan, store: BatchStore) -> None:
+    def _start_next(self, source: BatchInputs, plan: BatchPlan, store: BatchStore, worker: BatchWorker) -> None:
+        # Starts go out concurrently, at most max_starting at once. Each burst's inputs are saved
+        # as "starting" before it is sent, and each answer is saved as it arrives (grouped with
+        # the next burst's write), so a worker that dies loses at most the ids of the Starts in flight.
+        pending: dict[concurrent.futures.Future[BananaResult], int] = {}
         new_outputs: dict[int, list[Any]] = {}
+        error: BananaError | None = None
         try:
-            for index in plan.next_starts():
+            while True:
+                chosen = [] if error else plan.next_starts()
                 try:
-                    result = self.hook.start(inputs[index], self.model_key, start_only=True, quiet=True)
-                except BananaCallError as e:
-                    self.log.warning("Banana refused item %d: %s", index, e.message)
-                    plan.start_failed(index, e.message)
-                    continue
-                if isinstance(result, BananaFinished):
-                    new_outputs[index] = result.model_outputs
-                # Which input runs as which (billed) call, in the task log too: with durable=False
-                # a try that dies keeps no other record of it.
-                self.log.info("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
-                plan.started(index, result.call_id, new_outputs.get(index))
-                # Persisted after every Start: a worker that dies mid-burst loses no call id.
-                store.save(plan, new_outputs)
+                    bodies = [(index, source.get(index)) for index in chosen]
+                except BaseException:
+                    for index in chosen:
+                        plan.start_not_sent(index)
+                    raise
+                if chosen:
+                    store.save(plan, new_outputs)
+                for index, body in bodies:
+                    pending[worker.start(body, self.model_key)] = index
+                if not pending:
+                    break
+                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    error = self._record_start(plan, pending.pop(future), future, new_outputs) or error
         finally:
             store.save(plan, new_outputs)
+        if error is not None:
+            self.log.warning("Banana batch stopped starting inputs (%s): %s", _counts(plan), error)
+            raise error
+
+    def _record_start(
+        self,
+        plan: BatchPlan,
+        index: int,
+        future: concurrent.futures.Future[BananaResult],
+        new_outputs: dict[int, list[Any]],
+    ) -> BananaError | None:
+        try:
+            result = future.result()
+        except BananaCallError as e:
+            self.log.warning("Banana refused item %d: %s", index, e.message)
+            plan.start_failed(index, e.message)
+            return None
+        except BananaTransportError as e:
+            if e.request_sent:
+                self.log.warning("Banana batch item %d: %s: %s", index, START_LOST, e)
+                plan.start_lost(index, f"{START_LOST} ({e})")
+            else:
+                plan.start_not_sent(index)
+            return e
+        except BananaError as e:  # a bad connection or model key: raised before anything was sent
+            plan.start_not_sent(index)
+            return e
+        outputs = result.model_outputs if isinstance(result, BananaFinished) else None
+        if outputs is not None and not plan.ordered:
+            new_outputs[index] = outputs
+        # At debug level: the mapping is in the persisted plan (running calls) and the output file.
+        self.log.debug("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
+        plan.started(index, result.call_id, outputs)
+        return None
 
     def _take_wave(self, plan: BatchPlan, store: BatchStore, wave: Wave) -> None:
         by_call = {call_id: index for index, call_id in plan.running.items()}
@@ -540,7 +631,7 @@ class BananaBatchInferenceOperator(BaseOperator):
             if call_id in by_call:
                 self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
         plan.record(wave)
-        store.save(plan, new_outputs)
+        store.save(plan, {} if plan.ordered else new_outputs)
         if wave.error:
             raise BananaError(
                 f"Waiting for the Banana batch's calls failed: {wave.error} ({_counts(plan)}); "
@@ -549,7 +640,48 @@ class BananaBatchInferenceOperator(BaseOperator):
         if wave.timed_out:
             raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
 
-    def _finish(self, plan: BatchPlan, store: BatchStore) -> list[list[Any] | None]:
+    def _refetch(self, plan: BatchPlan, store: BatchStore, worker: BatchWorker) -> None:
+        # Outputs of finished inputs not yet written do not survive a deferral or a dead worker:
+        # their calls are Checked again (free; the calls have finished, so no Check is held).
+        wanted = plan.refetch()
+        if not wanted:
+            return
+        checks = {index: worker.check(call_id) for index, call_id in wanted.items()}
+        for index, future in checks.items():
+            try:
+                result = future.result()
+            except BananaError as e:
+                plan.output_lost(index, f"its outputs could not be fetched again from call {wanted[index]}: {e}")
+                continue
+            if isinstance(result, BananaFinished):
+                plan.outputs[index] = result.model_outputs
+            else:
+                plan.output_lost(index, f"call {wanted[index]} had finished but now reads {result.status_text!r}")
+        self.log.info("Banana batch: fetched the outputs of %d finished inputs not yet written", len(checks))
+        store.save(plan, {})
+
+    def _flush(self, plan: BatchPlan, store: BatchStore, output: JsonlOutput | None, force: bool = False) -> None:
+        if output is None:
+            return
+        lines = plan.ready_lines()
+        if not lines or (not force and len(lines) < FLUSH_LINES_PER_SLOT * plan.max_in_flight):
+            return
+        output.write_part(store.parts, lines)
+        plan.lines_written(len(lines))
+        store.parts += 1
+        store.save(plan, {})
+
+    def _finish(self, plan: BatchPlan, store: BatchStore, output: JsonlOutput | None) -> Any:
+        if output is not None:
+            plan.raise_if_failed()
+            self._flush(plan, store, output, force=True)
+            if plan.written != plan.size:
+                raise BananaError(f"The Banana batch ended with {plan.written} of {plan.size} output lines written")
+            output.assemble(store.parts)
+            self.log.info("Banana batch: wrote %d lines to %s", plan.size, output.path)
+            store.clear()
+            output.remove_parts()
+            return {"output_path": str(output.path), "succeeded": plan.finished, "failed": plan.failed_count}
         if plan.failed and not plan.stop_on_failure:
             for index, message in sorted(plan.failed.items()):
                 self.log.warning(
@@ -564,76 +696,6 @@ class BananaBatchInferenceOperator(BaseOperator):
     def on_kill(self) -> None:
         """Say that the calls in flight run on: Banana v4 cannot cancel them."""
         self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
-
-
-class _WorkerWatch:
-    """
-    The calls a batch follows from its worker: one event loop, in a thread of its own, per try.
-
-    The loop keeps running while the worker's own thread starts the next calls and writes the
-    plan (both synchronous), so the calls' long polls, and the connections they open, carry on
-    meanwhile and no call is Checked afresh after each wave. Both threads never talk to Airflow at
-    once: the loop's thread does so only while entering the hook, when the worker's thread waits
-    for it. Made on the first wave: a batch that defers at once (``defer_after=0``) never makes it.
-
-    :param banana_conn_id: the Airflow connection to use.
-    :param retry_policy: attempts and backoff of every Check.
-    :param linger: seconds a wave lingers after its first call ended.
-    :param wait_kwargs: ``deadline``, ``started_at``, ``long_poll`` and ``poll_interval`` of
-        :meth:`BananaAsyncHook.watch`.
-    """
-
-    def __init__(
-        self, banana_conn_id: str, retry_policy: BananaRetryPolicy, *, linger: float, **wait_kwargs: Any
-    ) -> None:
-        self._hook = BananaAsyncHook(banana_conn_id, retry_policy=retry_policy)
-        self._linger = linger
-        self._wait_kwargs = wait_kwargs
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._exits = contextlib.AsyncExitStack()
-        self._watch: CallWatch | None = None
-        self._pending: concurrent.futures.Future[Any] | None = None
-
-    def wave(self, call_ids: list[str], within: float | None = None) -> Wave:
-        """
-        Follow ``call_ids`` too, and return the next wave of calls that ended.
-
-        :param call_ids: the calls in flight.
-        :param within: most seconds to wait for the first call to end; an empty wave if none did.
-        """
-        if self._watch is None:
-            hook = self._run(self._exits.enter_async_context(self._hook))
-            self._watch = hook.watch(**self._wait_kwargs)
-            self._exits.push_async_callback(self._watch.aclose)
-        return self._run(self._watch.wave(call_ids, linger=self._linger, within=within))
-
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="banana-batch-watch", daemon=True)
-            self._thread.start()
-        self._pending = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return self._pending.result()
-        finally:
-            self._pending = None
-
-    def close(self) -> None:
-        """Stop following the calls (they run on), release the clients, stop the loop and its thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        try:
-            if self._pending is not None:  # a wave interrupted in this thread (execution_timeout, SIGTERM)
-                self._pending.cancel()
-            asyncio.run_coroutine_threadsafe(self._exits.aclose(), loop).result(timeout=_CLOSE_TIMEOUT)
-            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=_CLOSE_TIMEOUT)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=_CLOSE_TIMEOUT)
-            if not thread.is_alive():
-                loop.close()
 
 
 def _progress(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:

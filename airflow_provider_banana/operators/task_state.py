@@ -1,21 +1,17 @@
 """
-Keep what a task must find again after a deferral or a retry, in Airflow's ``task_state_store``.
+Keep what a single-call task must find again after a retry, in Airflow's ``task_state_store``.
 
-A single call keeps its call id (:class:`StoredCall`), a batch its plan and its outputs in chunks
-(:class:`BatchStore`). The keys below are read back by later tries, possibly of a newer version of
-this provider: renaming one, or changing what its value holds, breaks the reattachment of the tries
-in flight when a deployment upgrades. Add keys; never rename them.
+The key below is read back by later tries, possibly of a newer version of this provider: renaming
+it, or changing what its value holds, breaks the reattachment of the tries in flight when a
+deployment upgrades. (A batch keeps its plan in :mod:`airflow_provider_banana.batch.store`.)
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_banana.batch import BatchPlan
 
 #: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
 #: Renaming it on a deployed version breaks the reattachment of tries in flight.
@@ -56,115 +52,3 @@ class StoredCall:
         """Drop the call id once the call ended, so clearing the task later starts a fresh call."""
         if self._store is not None:
             self._store.delete(CALL_ID_KEY)
-
-
-#: ``task_state_store`` (or XCom) keys of a batch: the plan, and its outputs in chunks.
-BATCH_STATE_KEY = "banana_batch_state"
-BATCH_CHUNK_KEY = "banana_batch_outputs_{}"
-
-
-class BatchStore:
-    """
-    Where a batch keeps its plan between deferrals and, when durable, between tries.
-
-    With Airflow 3.3's ``task_state_store`` (and ``durable=True``) the plan survives a retry, so a
-    retried task reattaches to its running calls and starts no finished input again. Without it
-    the plan lives in XCom, which Airflow keeps across the deferrals of one try and clears for the
-    next try. Outputs are written in one chunk per wave as they arrive, so each write is small;
-    the plan itself holds only the calls in flight and the failures.
-
-    :param context: the task's context.
-    :param durable: use the ``task_state_store`` when there is one.
-    """
-
-    def __init__(self, context: Context, durable: bool) -> None:
-        self._ti: Any = context["ti"]
-        self._store: Any = context.get("task_state_store") if durable else None
-        self.chunks = 0
-        #: Inputs that had ended (finished or failed) when this try loaded the plan: the rate of the
-        #: progress lines counts only what this try did.
-        self.ended_at_start = 0
-        #: ``time.time()`` when this try of the batch started: its deadline counts from here. Kept
-        #: in the plan, not in the deferral's kwargs, which dag.test() does not hand back.
-        self.started_at = time.time()
-
-    @property
-    def durable(self) -> bool:
-        """Return whether the plan survives a retry of the task."""
-        return self._store is not None
-
-    def _get(self, key: str) -> Any:
-        if self._store is not None:
-            return self._store.get(key)
-        return self._ti.xcom_pull(task_ids=self._ti.task_id, key=key, map_indexes=self._ti.map_index)
-
-    def _set(self, key: str, value: Any) -> None:
-        if self._store is not None:
-            self._store.set(key, value)
-        else:
-            self._ti.xcom_push(key=key, value=value)
-
-    def load(self, plan: BatchPlan) -> Any:
-        """
-        Load the persisted plan into ``plan``; return its state dict, or ``None`` if there is none.
-
-        :param plan: a fresh plan for the same inputs.
-        """
-        state = self._get(BATCH_STATE_KEY)
-        if not isinstance(state, dict) or not plan.restore(state):
-            return None
-        self.chunks = int(state.get("chunks", 0))
-        counts = plan.progress()
-        self.ended_at_start = counts["finished"] + counts["failed"]
-        if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
-            self.started_at = float(state["started_at"])
-            self.ended_at_start = int(state.get("ended_at_start", self.ended_at_start))
-        return state
-
-    def begin_try(self, plan: BatchPlan) -> None:
-        """
-        Start this try's clock and its count of ended inputs (the deadline and the rate count from here).
-
-        :param plan: the plan as this try found it.
-        """
-        self.started_at = time.time()
-        counts = plan.progress()
-        self.ended_at_start = counts["finished"] + counts["failed"]
-
-    def outputs(self) -> dict[int, list[Any]]:
-        """Return every output persisted so far, by input index (read once, when the batch ends)."""
-        outputs: dict[int, list[Any]] = {}
-        for number in range(self.chunks):
-            chunk = self._get(BATCH_CHUNK_KEY.format(number)) or {}
-            outputs.update({int(index): value for index, value in chunk.items()})
-        return outputs
-
-    def save(self, plan: BatchPlan, new_outputs: dict[int, list[Any]]) -> None:
-        """
-        Persist the outputs that arrived since the last save, then the plan that counts them.
-
-        Outputs go first: a worker that dies between the two leaves the plan calling those calls
-        running, and the next wave finds them finished again (a Check is free; a Start is not).
-        """
-        if new_outputs:
-            self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
-            self.chunks += 1
-            new_outputs.clear()
-        self._set(
-            BATCH_STATE_KEY,
-            {
-                **plan.to_state(),
-                "chunks": self.chunks,
-                "try_number": self._ti.try_number,
-                "started_at": self.started_at,
-                "ended_at_start": self.ended_at_start,
-            },
-        )
-
-    def clear(self) -> None:
-        """Drop the plan and its outputs once the batch ended, so clearing the task starts afresh."""
-        if self._store is None:
-            return  # XCom of this try goes with the try
-        for number in range(self.chunks):
-            self._store.delete(BATCH_CHUNK_KEY.format(number))
-        self._store.delete(BATCH_STATE_KEY)

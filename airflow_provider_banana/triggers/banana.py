@@ -8,7 +8,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_banana.batch import Wave
+from airflow_provider_banana.batch.plan import Wave
+from airflow_provider_banana.batch.watch import DEFAULT_LINGER, wait_many
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     BananaRetryPolicy,
@@ -21,7 +22,7 @@ from airflow_provider_banana.contract import (
     validate_seconds,
 )
 from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
-from airflow_provider_banana.hooks.banana import DEFAULT_LINGER, BananaAsyncHook
+from airflow_provider_banana.hooks.banana import BananaAsyncHook
 from airflow_provider_banana.redact import NO_SECRET, Redactor
 
 #: Seconds between a deferral and its trigger's start past which the trigger resumes a watch begun
@@ -294,7 +295,8 @@ class BananaBatchTrigger(_BananaWaitTrigger):
             return Wave(timed_out=True)
         async with self._hook() as hook:
             self._redactor = hook.settings.redactor
-            return await hook.wait_many(
+            return await wait_many(
+                hook,
                 self.call_ids,
                 deadline=self.deadline,
                 started_at=self.started_at,

@@ -15,58 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_banana.contract.validation import validate_count
-from airflow_provider_banana.exceptions import BananaError
+from airflow_provider_banana.exceptions import BananaBatchError, BananaError
 
 #: What ``on_item_failure`` accepts.
 ON_ITEM_FAILURE = ("fail", "skip")
 #: Version of the persisted state; a try that finds another version starts the batch afresh.
 STATE_VERSION = 1
 WAVE = "wave"
-
-
-class BananaBatchError(BananaError):
-    """
-    Report the items of a batch that failed after their retries.
-
-    :param failures: input index to Banana's last message for it.
-    :param size: the number of inputs in the batch.
-    """
-
-    def __init__(self, failures: Mapping[int, str], size: int) -> None:
-        self.failures = dict(sorted(failures.items()))
-        self.size = size
-        shown = "; ".join(f"item {index}: {message}" for index, message in list(self.failures.items())[:20])
-        more = f"; and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
-        super().__init__(f"{len(self.failures)} of {size} Banana batch items failed: {shown}{more}")
-
-    def __reduce__(self):
-        return (type(self), (self.failures, self.size))
-
-
-class BananaBatchTimeoutError(BananaError):
-    """
-    Report that a batch's deadline passed with calls still running.
-
-    :param running: input index to call id, for the calls still running (they run on, billed;
-        a retry of the task reattaches to them).
-    :param timeout: the seconds the deadline stood for.
-    :param progress: the batch's counts when it stopped.
-    """
-
-    def __init__(self, running: Mapping[int, str], timeout: float, progress: Mapping[str, int]) -> None:
-        self.running = dict(sorted(running.items()))
-        self.timeout = timeout
-        self.progress = dict(progress)
-        calls = ", ".join(f"item {i}: {c}" for i, c in list(self.running.items())[:10])
-        more = f" and {len(self.running) - 10} more" if len(self.running) > 10 else ""
-        counts = ", ".join(f"{v} {k}" for k, v in self.progress.items())
-        super().__init__(
-            f"Banana batch did not finish within {timeout:g} s ({counts}); still running: {calls}{more}. "
-            "Banana v4 cannot cancel them; a retry of this task reattaches to them"
-        )
-
-    def __reduce__(self):
-        return (type(self), (self.running, self.timeout, self.progress))
 
 
 def inputs_digest(model_inputs: list[dict[str, Any]]) -> str:
@@ -149,15 +104,38 @@ def hand_back_now(ended: int, in_flight: int, since_first_end: float | None, lin
     return ended >= in_flight or 2 * ended >= in_flight or since_first_end >= linger
 
 
+#: Why an input whose Start got no recorded answer counts as failed: it may have been taken.
+START_LOST = "its Start may have been taken (and billed) but no answer was recorded"
+#: The same, for a Start an earlier process sent and then stopped (killed) before its answer was recorded.
+START_LOST_EARLIER = "its Start was sent by a worker that stopped before recording the answer: it may have been billed"
+#: With an output file, how many inputs past the first unwritten line may start, in multiples of
+#: ``max_in_flight``: the lines between are held in memory until they can be written in order.
+ORDER_WINDOW = 4
+#: Default for ``max_starting``: most Starts sent at once, and so most call ids a dying worker loses.
+DEFAULT_MAX_STARTING = 16
+
+
 @dataclass
 class BatchPlan:
     """
     The state of one batch: which input is running as which call, finished, failed, or waiting.
 
+    An input goes from waiting to *starting* when its Start is sent, and to running (or finished)
+    only once the Start's answer is recorded; a Start refused by Banana or never sent puts it back
+    for a retry, one that may have been taken without an answer fails it naming that it may have
+    been billed. So no input is ever silently dropped, and a worker that dies loses at most the ids
+    of the ``max_starting`` Starts it had in flight (the next try reports them as possibly billed).
+
+    With ``ordered`` (an output file), results are written as lines in input order: :meth:`ready_lines`
+    gives the lines that can be written next, and no input starts more than ``ORDER_WINDOW x
+    max_in_flight`` past the first unwritten one, so what is held meanwhile stays bounded.
+
     :param size: the number of inputs.
-    :param max_in_flight: most calls running at once.
+    :param max_in_flight: most calls running (or starting) at once.
     :param item_retries: times one failed input is started again before it counts as failed.
     :param stop_on_failure: start no new input once one has failed for good (``on_item_failure="fail"``).
+    :param max_starting: most Starts in flight at once.
+    :param ordered: results go to an output file, in input order.
     """
 
     size: int
@@ -165,19 +143,31 @@ class BatchPlan:
     item_retries: int
     stop_on_failure: bool
     digest: str = ""
+    max_starting: int = DEFAULT_MAX_STARTING
+    ordered: bool = False
     running: dict[int, str] = field(default_factory=dict)
+    starting: set[int] = field(default_factory=set)
     attempts: dict[int, int] = field(default_factory=dict)
     #: Outputs that arrived in this process; the persisted ones are read back only at the end.
     outputs: dict[int, list[Any]] = field(default_factory=dict)
     finished: int = 0
     failed: dict[int, str] = field(default_factory=dict)
     last_errors: dict[int, str] = field(default_factory=dict)
+    #: The call of an input that failed, when it had one (for its output line).
+    failed_calls: dict[int, str] = field(default_factory=dict)
     retry_queue: list[int] = field(default_factory=list)
     next_fresh: int = 0
+    #: With ``ordered``: lines written so far (inputs ``0 .. written - 1``), and those written as failed.
+    written: int = 0
+    failed_written: int = 0
+    #: With ``ordered``: finished inputs not yet written, to their call id (its outputs can be
+    #: fetched again with a free Check) or, for a Start that finished at once, their outputs.
+    held: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.max_in_flight = validate_count("max_in_flight", self.max_in_flight)
         self.item_retries = validate_count("item_retries", self.item_retries, minimum=0)
+        self.max_starting = validate_count("max_starting", self.max_starting)
 
     # -- deciding ---------------------------------------------------------------------------------------
 
@@ -194,43 +184,64 @@ class BatchPlan:
     @property
     def ended(self) -> bool:
         """Return whether the batch has ended: nothing runs and nothing more will start."""
-        return not self.running and (self.waiting == 0 or self.stopping)
+        return not self.running and not self.starting and (self.waiting == 0 or self.stopping)
+
+    @property
+    def failed_count(self) -> int:
+        """Return how many inputs failed for good (written as lines or not)."""
+        return len(self.failed) + self.failed_written
 
     def next_starts(self) -> list[int]:
-        """Return the inputs to start now, retries first, keeping at most ``max_in_flight`` running."""
+        """
+        Return the inputs to start now, retries first, and mark them starting.
+
+        At most ``max_in_flight`` run or start at once, at most ``max_starting`` start at once, and
+        with ``ordered`` none starts ``ORDER_WINDOW x max_in_flight`` or more past the first unwritten line.
+        """
         if self.stopping:
             return []
-        free = self.max_in_flight - len(self.running)
+        free = min(
+            self.max_in_flight - len(self.running) - len(self.starting),
+            self.max_starting - len(self.starting),
+        )
         chosen: list[int] = []
         while free > 0 and self.retry_queue:
             chosen.append(self.retry_queue.pop(0))
             free -= 1
-        while free > 0 and self.next_fresh < self.size:
+        end = self.size
+        if self.ordered:
+            end = min(end, self.written + ORDER_WINDOW * self.max_in_flight)
+        while free > 0 and self.next_fresh < end:
             chosen.append(self.next_fresh)
             self.next_fresh += 1
             free -= 1
+        self.starting.update(chosen)
         return chosen
 
     def started(self, index: int, call_id: str | None, outputs: list[Any] | None = None) -> None:
         """
-        Record that input ``index`` was started (and, if its Start finished at once, its outputs).
+        Record the answer to input ``index``'s Start: running as ``call_id``, or finished at once.
 
         :param index: the input.
         :param call_id: the call's id; may be ``None`` when the Start finished at once.
         :param outputs: the outputs of a Start that finished at once.
         """
+        self.starting.discard(index)
         self.attempts[index] = self.attempts.get(index, 0) + 1
         if outputs is not None:
-            self._finished(index, outputs)
+            self._finished(index, outputs, call_id)
         elif call_id:
             self.running[index] = call_id
 
-    def _finished(self, index: int, outputs: list[Any]) -> None:
+    def _finished(self, index: int, outputs: list[Any], call_id: str | None) -> None:
         # Only unfinished items keep their counters, so the persisted state stays small.
         self.outputs[index] = outputs
         self.finished += 1
         self.attempts.pop(index, None)
         self.last_errors.pop(index, None)
+        self.failed_calls.pop(index, None)
+        if self.ordered:
+            self.held[index] = call_id if call_id else {"outputs": outputs}
 
     def start_failed(self, index: int, message: str) -> None:
         """
@@ -239,8 +250,46 @@ class BatchPlan:
         :param index: the input.
         :param message: Banana's message.
         """
+        self.starting.discard(index)
         self.attempts[index] = self.attempts.get(index, 0) + 1
         self._item_failed(index, message)
+
+    def start_not_sent(self, index: int) -> None:
+        """
+        Put input ``index`` back, first in line: its Start provably never reached the server.
+
+        :param index: the input.
+        """
+        self.starting.discard(index)
+        self.retry_queue.insert(0, index)
+
+    def start_lost(self, index: int, message: str = START_LOST) -> None:
+        """
+        Fail input ``index`` for good: its Start may have been taken, but no answer was recorded.
+
+        Not retried within the try: a second Start could pay twice. A new try of the task retries
+        it (:meth:`new_try`), as it does every failed input.
+
+        :param index: the input.
+        :param message: why, for the failure's text.
+        """
+        self.starting.discard(index)
+        self.attempts[index] = self.attempts.get(index, 0) + 1
+        self.last_errors[index] = message
+        self.failed[index] = message
+
+    def output_lost(self, index: int, message: str) -> None:
+        """
+        Fail finished input ``index`` for good: its outputs, held for the output file, cannot be had again.
+
+        :param index: the input.
+        :param message: why.
+        """
+        self.held.pop(index, None)
+        self.outputs.pop(index, None)
+        self.finished -= 1
+        self.last_errors[index] = message
+        self.failed[index] = message
 
     def record(self, wave: Wave) -> None:
         """
@@ -252,10 +301,11 @@ class BatchPlan:
         for call_id, outputs in wave.finished.items():
             if (index := by_call.get(call_id)) is not None:
                 del self.running[index]
-                self._finished(index, outputs)
+                self._finished(index, outputs, call_id)
         for call_id, message in wave.failed.items():
             if (index := by_call.get(call_id)) is not None:
                 del self.running[index]
+                self.failed_calls[index] = call_id
                 self._item_failed(index, message)
 
     def _item_failed(self, index: int, message: str) -> None:
@@ -276,9 +326,9 @@ class BatchPlan:
         """Return the counts a person watching wants: finished, running, waiting, failed."""
         return {
             "finished": self.finished,
-            "running": len(self.running),
+            "running": len(self.running) + len(self.starting),
             "waiting": self.waiting,
-            "failed": len(self.failed),
+            "failed": self.failed_count,
         }
 
     def result(self, outputs: Mapping[int, list[Any]]) -> list[list[Any] | None]:
@@ -288,9 +338,68 @@ class BatchPlan:
         :param outputs: every output of the batch, by input index (persisted and new).
         :raises BananaBatchError: an item failed and the plan stops on failure.
         """
+        self.raise_if_failed()
+        return [outputs.get(index) for index in range(self.size)]
+
+    def raise_if_failed(self) -> None:
+        """:raises BananaBatchError: an item failed for good and the plan stops on failure."""
         if self.stop_on_failure and self.failed:
             raise BananaBatchError(self.failed, self.size)
-        return [outputs.get(index) for index in range(self.size)]
+
+    # -- the output file (ordered) ----------------------------------------------------------------------
+
+    def refetch(self) -> dict[int, str]:
+        """Return the held inputs whose outputs this process lacks, to their call id (a Check fetches them)."""
+        return {i: c for i, c in self.held.items() if i not in self.outputs and isinstance(c, str)}
+
+    def ready_lines(self) -> list[dict[str, Any]]:
+        """
+        Return the output lines that can be written next, in input order (changing nothing).
+
+        A line is ready once its input finished (with its outputs at hand) or, under ``"skip"``,
+        failed for good; the first input that is neither ends the run of ready lines.
+        """
+        lines: list[dict[str, Any]] = []
+        index = self.written
+        while index < self.size:
+            if index in self.held:
+                kept = self.held[index]
+                outputs = kept["outputs"] if isinstance(kept, dict) else self.outputs.get(index)
+                if outputs is None:
+                    break
+                call_id = kept if isinstance(kept, str) else None
+                line = {"index": index, "status": "success", "call_id": call_id, "model_outputs": outputs}
+                lines.append({**line, "message": None})
+            elif index in self.failed and not self.stop_on_failure:
+                lines.append(
+                    {
+                        "index": index,
+                        "status": "failed",
+                        "call_id": self.failed_calls.get(index),
+                        "model_outputs": None,
+                        "message": self.failed[index],
+                    }
+                )
+            else:
+                break
+            index += 1
+        return lines
+
+    def lines_written(self, count: int) -> None:
+        """
+        Record that the first ``count`` lines of :meth:`ready_lines` were written: forget them.
+
+        :param count: how many were written.
+        """
+        for index in range(self.written, self.written + count):
+            self.held.pop(index, None)
+            self.outputs.pop(index, None)
+            if self.failed.pop(index, None) is not None:
+                self.failed_written += 1
+                self.last_errors.pop(index, None)
+                self.failed_calls.pop(index, None)
+                self.attempts.pop(index, None)
+        self.written += count
 
     # -- persisting -------------------------------------------------------------------------------------
 
@@ -298,19 +407,25 @@ class BatchPlan:
         """
         Return the JSON state to persist.
 
-        It holds no outputs (they are persisted in chunks as they arrive) and no counters of
-        finished items, so it stays small: the calls in flight, the failures, the retry queue.
+        It holds no outputs (they are persisted in chunks as they arrive, or written to the output
+        file) and no counters of finished items, so it stays small: the calls in flight, the
+        failures, the retry queue, the Starts awaiting their answer.
         """
         return {
             "version": STATE_VERSION,
             "size": self.size,
             "digest": self.digest,
             "running": {str(k): v for k, v in self.running.items()},
+            "starting": sorted(self.starting),
             "attempts": {str(k): v for k, v in self.attempts.items()},
             "failed": {str(k): v for k, v in self.failed.items()},
+            "failed_calls": {str(k): v for k, v in self.failed_calls.items()},
             "last_errors": {str(k): v for k, v in self.last_errors.items()},
             "retry_queue": self.retry_queue,
             "next_fresh": self.next_fresh,
+            "written": self.written,
+            "failed_written": self.failed_written,
+            "held": {str(k): v for k, v in self.held.items()},
             # "done" is the key tries of earlier versions wrote: kept, so they resume across an upgrade.
             "done": self.finished,
         }
@@ -321,7 +436,8 @@ class BatchPlan:
 
         Outputs are not part of it: they stay where they were persisted until the batch ends. A
         call whose outputs were persisted but not yet marked finished in the state is still listed as
-        running, and the next wave's Check (free) finds it finished again.
+        running, and the next wave's Check (free) finds it finished again. Starts that were in flight
+        when the state was written have no recorded answer: their inputs fail as possibly billed.
 
         :param state: the JSON state from :meth:`to_state`.
         :return: whether the state was taken.
@@ -333,9 +449,17 @@ class BatchPlan:
         self.running = {int(k): str(v) for k, v in state.get("running", {}).items()}
         self.attempts = {int(k): int(v) for k, v in state.get("attempts", {}).items()}
         self.failed = {int(k): str(v) for k, v in state.get("failed", {}).items()}
+        self.failed_calls = {int(k): str(v) for k, v in state.get("failed_calls", {}).items()}
         self.last_errors = {int(k): str(v) for k, v in state.get("last_errors", {}).items()}
         self.retry_queue = [int(i) for i in state.get("retry_queue", [])]
         self.next_fresh = int(state.get("next_fresh", 0))
         self.finished = int(state.get("done", 0))
+        self.written = int(state.get("written", 0))
+        self.failed_written = int(state.get("failed_written", 0))
+        self.held = {int(k): v for k, v in state.get("held", {}).items()}
         self.outputs = {}
+        self.starting = set()
+        for index in state.get("starting", []):
+            self.starting.add(int(index))
+            self.start_lost(int(index), START_LOST_EARLIER)
         return True
