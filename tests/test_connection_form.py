@@ -181,3 +181,12 @@ def test_api_server_hook_meta_sends_the_placeholder_and_a_blank_value(api_server
     assert ui_initial_extra(meta["extra_fields"]) == {"model_key": ""}
     # The standard fields' placeholders still arrive (ui-field-behaviour in provider info).
     assert meta["standard_fields"]["host"]["placeholder"] == connection_ui_behaviour()["placeholders"]["host"]
+
+
+def test_the_registered_hook_class_itself_defines_the_form_layout() -> None:
+    # Airflow 3.1 reads get_ui_field_behaviour only from the registered class's own __dict__
+    # (providers_manager._import_hook), never an inherited one, and 3.1 has no conn-fields.
+    from airflow_provider_banana.hooks.banana import BananaHook
+
+    assert "get_ui_field_behaviour" in BananaHook.__dict__
+    assert BananaHook.get_ui_field_behaviour()["relabeling"] == {"host": "Base URL", "password": "API key"}

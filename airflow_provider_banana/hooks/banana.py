@@ -168,11 +168,6 @@ class _BananaHookBase(BaseHook):
         self.banana_conn_id = banana_conn_id
         self.retry_policy = retry_policy or BananaRetryPolicy()
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Return the connection form's layout (Airflow before 3.2 reads it from here)."""
-        return connection_ui_behaviour()
-
     @staticmethod
     def _start_body(settings: BananaSettings, model_inputs: Any, model_key: str | None, start_only: bool) -> bytes:
         inputs = validate_model_inputs(model_inputs)
@@ -243,6 +238,13 @@ class BananaHook(_BananaHookBase):
     :param banana_conn_id: the Airflow connection to use.
     :param retry_policy: attempts and backoff of every request (see :class:`BananaRetryPolicy`).
     """
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Return the connection form's layout (Airflow before 3.2 reads it from here)."""
+        # Defined on this class itself: Airflow 3.1 looks only at methods the registered hook class
+        # defines, not ones it inherits, and sent no field labels or placeholders before.
+        return connection_ui_behaviour()
 
     @functools.cached_property
     def settings(self) -> BananaSettings:
