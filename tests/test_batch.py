@@ -16,7 +16,8 @@ from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.exceptions import BananaConfigError
 from airflow_provider_banana.operators.banana import BananaBatchInferenceOperator
 from tests.dags import banana_test_dags as scenarios
-from tests.helpers import assert_raised, requires_task_state_store, states, try_numbers, xcom
+from tests.helpers import assert_raised, connection_json, requires_task_state_store, states, try_numbers, xcom
+from tests.latency_proxy import LatencyProxy
 
 #: What dag.test() logs each time it runs a deferred task's trigger.
 DAG_TEST_DEFERRAL = "[DAG TEST] running trigger in line"
@@ -137,6 +138,19 @@ class TestBatchDags:
         stats = server.stats()
         assert stats["per_model"]["sleep"]["running_max"] <= 10
         assert stats["starts_taken"] == 200
+
+    def test_behind_100_ms_of_latency_concurrent_starts_keep_max_in_flight_running(
+        self, server: DevServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Starts sent one after another would keep about 1 s / (0.1 s + a state write) = 9 running.
+        with LatencyProxy(server.port, rtt=0.1) as proxy:
+            monkeypatch.setenv("AIRFLOW_CONN_BANANA_FAR", connection_json(f"http://127.0.0.1:{proxy.port}/"))
+            run = scenarios.batch_far.test()
+        assert str(run.state) == "success", states(run)
+        assert [item[0]["result"] for item in xcom(run, "downstream")] == list(range(60))
+        stats = server.stats()
+        assert stats["per_model"]["sleep"]["running_max"] == 20
+        assert stats["starts_taken"] == 60
 
     def test_in_the_worker_each_call_is_checked_once_across_waves(self, server: DevServer) -> None:
         # The worker starts the next calls between waves while the other calls' long polls stay

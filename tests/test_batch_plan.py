@@ -74,6 +74,7 @@ class TestStartsInFlight:
         retry = _plan(6, max_in_flight=4)
         assert retry.restore(state)
         assert retry.failed == {2: START_LOST_EARLIER, 3: START_LOST_EARLIER}
+        assert retry.lost_earlier == [2, 3]
         assert retry.running == {0: "a", 1: "b"}
         assert not retry.starting
         retry.new_try()  # a new task try retries every failed input

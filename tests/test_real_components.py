@@ -42,15 +42,18 @@ PROMPT_PREFIX = "Bananas ripen faster in a paper bag, run "
 
 KILL_DEFERRED_DAG_ID = "banana_kill_deferred"
 KILL_WORKER_DAG_ID = "banana_kill_worker"
+KILL_BATCH_DAG_ID = "banana_kill_batch_worker"
+#: The batch's max_starting: a worker killed mid-burst loses at most this many call ids.
+KILL_BATCH_MAX_STARTING = 5
 #: Two DAGs of one call each that runs far longer than any test waits, so that only a kill ends
 #: the wait: one defers to the triggerer, the other waits in its worker. Written into the temp
 #: dags folder only, so the repo's example and test DAGs stay as they are.
 KILL_DAGS = f"""
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from airflow_provider_banana.operators.banana import BananaInferenceOperator
+from airflow_provider_banana.operators.banana import BananaBatchInferenceOperator, BananaInferenceOperator
 
 with DAG(dag_id="{KILL_DEFERRED_DAG_ID}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     BananaInferenceOperator(
@@ -61,8 +64,24 @@ with DAG(dag_id="{KILL_WORKER_DAG_ID}", schedule=None, start_date=datetime(2026,
     BananaInferenceOperator(
         task_id="infer", model_key="sleep", model_inputs={{"seconds": 120}}, deferrable=False, timeout=600
     )
+
+with DAG(
+    dag_id="{KILL_BATCH_DAG_ID}",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    default_args={{"retries": 1, "retry_delay": timedelta(seconds=1)}},
+):
+    BananaBatchInferenceOperator(
+        task_id="batch",
+        model_key="sleep",
+        model_inputs=[{{"seconds": 0.5, "result": i}} for i in range(30)],
+        max_in_flight=10,
+        max_starting={KILL_BATCH_MAX_STARTING},
+        deferrable=False,
+    )
 """
-DAG_IDS = (DAG_ID, KILL_DEFERRED_DAG_ID, KILL_WORKER_DAG_ID)
+DAG_IDS = (DAG_ID, KILL_DEFERRED_DAG_ID, KILL_WORKER_DAG_ID, KILL_BATCH_DAG_ID)
 
 
 def assert_no_secret(home: Path) -> None:
@@ -190,3 +209,35 @@ def test_marking_a_running_task_failed_kills_its_worker_with_on_kill(
     assert stack.wait_for_run_end(run_path) == "failed"
     assert stack.api("GET", ti_path)["state"] == "failed"
     assert server.stats()["starts_taken"] == 1
+
+
+@pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason="the batch's plan outlives a try only in 3.3's task_state_store")
+def test_a_batch_worker_killed_with_starts_in_flight_loses_at_most_max_starting_call_ids(
+    components: AirflowComponents, server: DevServer
+) -> None:
+    stack = components
+    # The first burst's Starts are held by the server, so the worker dies with all of them in flight.
+    server.faults(delay_next={"count": KILL_BATCH_MAX_STARTING, "endpoints": ["start"], "seconds": 3})
+    run_id, run_path = stack.trigger(KILL_BATCH_DAG_ID)
+    ti_path = f"{run_path}/taskInstances/batch"
+    ti = stack.wait_for_task_state(ti_path, "running")
+    stack.wait_for(
+        "the first burst of Starts in flight",
+        lambda: server.stats()["start_requests"] >= KILL_BATCH_MAX_STARTING,
+        RUN_TIMEOUT,
+    )
+    title = f"airflow worker -- {ti['id']}"
+    workers = processes_titled(title)
+    assert workers, f"no process titled {title!r}"
+    for process in workers:
+        process.kill()  # SIGKILL: no on_kill, no last write of the plan
+
+    assert stack.wait_for_run_end(run_path) == "success", stack.logs_tail()
+    assert stack.api("GET", ti_path)["try_number"] == 2
+    outputs = stack.api("GET", f"{ti_path}/xcomEntries/return_value")["value"]
+    assert [item[0]["result"] for item in outputs] == list(range(30))
+    # The killed burst's Starts were taken after the worker died (the server served them late):
+    # their ids were never recorded, so the retry started those inputs again. No more than that.
+    assert server.stats()["starts_taken"] == 30 + KILL_BATCH_MAX_STARTING
+    retry_log = stack.task_log(KILL_BATCH_DAG_ID, run_id, "batch").with_name("attempt=2.log").read_text()
+    assert retry_log.count("stopped before recording the answer: it may have been billed") >= 1, retry_log[-3000:]

@@ -163,6 +163,8 @@ class BatchPlan:
     #: With ``ordered``: finished inputs not yet written, to their call id (its outputs can be
     #: fetched again with a free Check) or, for a Start that finished at once, their outputs.
     held: dict[int, Any] = field(default_factory=dict)
+    #: Inputs whose Starts the persisted state had in flight: no answer recorded (see :meth:`restore`).
+    lost_earlier: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.max_in_flight = validate_count("max_in_flight", self.max_in_flight)
@@ -459,6 +461,7 @@ class BatchPlan:
         self.held = {int(k): v for k, v in state.get("held", {}).items()}
         self.outputs = {}
         self.starting = set()
+        self.lost_earlier = sorted(int(index) for index in state.get("starting", []))
         for index in state.get("starting", []):
             self.starting.add(int(index))
             self.start_lost(int(index), START_LOST_EARLIER)

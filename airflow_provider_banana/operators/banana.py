@@ -19,6 +19,7 @@ from airflow_provider_banana.batch.plan import (
     DEFAULT_MAX_STARTING,
     ON_ITEM_FAILURE,
     START_LOST,
+    START_LOST_EARLIER,
     BatchPlan,
     Wave,
 )
@@ -448,6 +449,12 @@ class BananaBatchInferenceOperator(BaseOperator):
         with self._batch(context) as (source, output, plan, store):
             state = store.load(plan)
             if state is not None:
+                if plan.lost_earlier:
+                    self.log.warning(
+                        "Banana batch items %s: %s; a new try starts them again",
+                        ", ".join(map(str, plan.lost_earlier)),
+                        START_LOST_EARLIER,
+                    )
                 if state.get("try_number") != context["ti"].try_number:
                     plan.new_try()
                 self.log.info(

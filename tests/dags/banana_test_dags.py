@@ -264,3 +264,12 @@ batch_5000 = _batch(
     max_in_flight=50,
     deferrable=True,
 )
+# Against a server 100 ms away (the test points banana_far at a latency proxy): the Starts go out
+# concurrently, so the calls running reach max_in_flight.
+batch_far = _batch(
+    "t_batch_far",
+    banana_conn_id="banana_far",
+    model_key="sleep",
+    model_inputs=[{"seconds": 1.0, "result": i} for i in range(60)],
+    max_in_flight=20,
+)
