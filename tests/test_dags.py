@@ -136,6 +136,8 @@ class TestExamples:
         assert bag.import_errors == {}
         assert set(bag.dag_ids) == {
             "example_banana_batch",
+            "example_banana_batch_files",
+            "example_banana_batch_files_report",
             "example_banana_inference",
             "example_banana_mapped",
             "example_banana_sensor",
@@ -148,9 +150,13 @@ class TestExamples:
             ("example_banana_mapped", "total_words", lambda value: value == 5 + 4 + 5),
             ("example_banana_sensor", "report", lambda value: value == "ripe"),
             ("example_banana_batch", "store", lambda value: value == 40 * 5),
+            ("example_banana_batch_files", "count_words", lambda value: value == 50 * 5),
         ],
     )
-    def test_example_runs_end_to_end(self, dag_id: str, task_id: str, check: Any) -> None:
+    def test_example_runs_end_to_end(
+        self, dag_id: str, task_id: str, check: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("BANANA_EXAMPLE_STORAGE", f"file://{tmp_path}")  # where the file example writes
         run = example_bag().dags[dag_id].test()
         assert str(run.state) == "success", states(run)
         assert check(xcom(run, task_id))
