@@ -6,12 +6,13 @@
 #            the pure contract and batch-plan tests, the hooks, the trigger, faults, hostile servers,
 #            property tests, bad inputs and the local server, in under two minutes. `slow` marks
 #            every test that needs the Airflow metadata DB (dag.test(), `airflow dags test`) or real
-#            Airflow components (tests/conftest.py marks them by the fixtures they use). These tests
-#            mostly wait (on servers, holds, deadlines), so they run as FAST_SHARDS (default 3)
-#            pytest processes at once, `--shard I/N` each; extra arguments go to every shard, and
-#            each shard's output is printed once all have ended.
+#            Airflow components (tests/conftest.py marks them by the fixtures they use).
 #
-# Without --fast, everything runs in one pytest process.
+# The tests mostly wait (on servers, holds, deadlines, task starts), so they run as SHARDS (default
+# 3) pytest processes at once, `--shard I/N` each, every process with an Airflow home, a metadata
+# database and a local server of its own (a module that starts a whole Airflow deployment stays in
+# one shard). Extra arguments go to every shard, and each shard's output is printed once all have
+# ended. SHARDS=1 runs everything in one process.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=bootstrap.sh
@@ -40,18 +41,23 @@ else
     echo "== mypy skipped: types are checked against Airflow 3.3, this venv has $AIRFLOW_VERSION" >&2
 fi
 
-if ! $fast; then
-    echo "== pytest" >&2
-    exec "$VENV/bin/python" -m pytest ${pytest_args[@]+"${pytest_args[@]}"}
+shards="${SHARDS:-${FAST_SHARDS:-3}}"
+tier=()
+if $fast; then
+    tier=(-m "not slow")
+    echo "== pytest, fast tier (-m 'not slow'), $shards shards at once" >&2
+else
+    echo "== pytest, the whole suite, $shards shards at once" >&2
 fi
-
-shards="${FAST_SHARDS:-3}"
-echo "== pytest, fast tier (-m 'not slow'), $shards shards at once" >&2
+if [ "$shards" = 1 ]; then
+    exec "$VENV/bin/python" -m pytest ${tier[@]+"${tier[@]}"} ${pytest_args[@]+"${pytest_args[@]}"}
+fi
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
 pids=()
+began=$SECONDS
 for shard in $(seq "$shards"); do
-    "$VENV/bin/python" -m pytest -m "not slow" --shard "$shard/$shards" ${pytest_args[@]+"${pytest_args[@]}"} \
+    "$VENV/bin/python" -m pytest ${tier[@]+"${tier[@]}"} --shard "$shard/$shards" ${pytest_args[@]+"${pytest_args[@]}"} \
         > "$logs/$shard.log" 2>&1 &
     pids+=("$!")
 done
@@ -60,7 +66,7 @@ empty=0
 for shard in $(seq "$shards"); do
     rc=0
     wait "${pids[$((shard - 1))]}" || rc=$?
-    echo "== pytest shard $shard/$shards (exit $rc)" >&2
+    echo "== pytest shard $shard/$shards (exit $rc, all shards done after $((SECONDS - began)) s)" >&2
     cat "$logs/$shard.log"
     # 5 is "no tests collected": a -k that selects nothing in one shard is not a failure...
     if [ "$rc" -eq 5 ]; then

@@ -51,6 +51,8 @@ from airflow_provider_banana.devserver.testing import DevServer  # noqa: E402
 #: (``dag.test()``, ``airflow dags test``) or real Airflow components. ``bash scripts/test.sh --fast``
 #: (``pytest -m "not slow"``) leaves them out; marking by fixture keeps a new such test out of it too.
 SLOW_FIXTURES = frozenset({"airflow_db", "components"})
+#: Module-scoped fixtures that start whole Airflow deployments: ``--shard`` keeps their modules whole.
+WHOLE_MODULE_FIXTURES = frozenset({"components", "api_server"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,8 +75,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         index, count = (int(part) for part in shard.split("/"))
         if not 1 <= index <= count:
             raise pytest.UsageError(f"--shard {shard}: want I/N with 1 <= I <= N")
-        # Round robin keeps each module's cases (often a sync and an async twin) spread over the shards.
-        kept = items[index - 1 :: count]
+        # Round robin keeps each module's cases (often a sync and an async twin) spread over the
+        # shards, except a module whose tests share a costly module-scoped fixture (a whole Airflow
+        # deployment): it stays in one shard, so that it starts once.
+        whole = sorted({item.module.__name__ for item in items if WHOLE_MODULE_FIXTURES & set(item.fixturenames)})
+        kept = [item for item in items if item.module.__name__ not in whole][index - 1 :: count]
+        kept += [item for item in items if item.module.__name__ in whole[index - 1 :: count]]
         kept_ids = {id(item) for item in kept}
         config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept_ids])
         items[:] = kept

@@ -112,7 +112,7 @@ START_LOST_EARLIER = "its Start was sent by a worker that stopped before recordi
 #: ``max_in_flight``: the lines between are held in memory until they can be written in order.
 ORDER_WINDOW = 4
 #: Default for ``max_starting``: most Starts sent at once, and so most call ids a dying worker loses.
-DEFAULT_MAX_STARTING = 16
+DEFAULT_MAX_STARTING = 32
 
 
 @dataclass

@@ -74,6 +74,8 @@ DEFER_BACKSTOP_MARGIN = 60.0
 #: Seconds a batch pauses when nothing runs because every input left to start was refused at its
 #: Start (an "error" message) and waits for its retry.
 REFUSED_START_PAUSE = 1.0
+#: Most seconds a wave in the worker lingers after its first call ended (``linger`` is the triggerer's).
+WORKER_LINGER = 0.1
 #: With an output file, lines are written once this many per ``max_in_flight`` slot are ready (and
 #: always before a deferral and at the end), so a batch of 100,000 writes a few hundred parts.
 FLUSH_LINES_PER_SLOT = 2
@@ -375,8 +377,9 @@ class BananaBatchInferenceOperator(BaseOperator):
     :param max_attempts: tries of one request through transient trouble (see the README).
     :param durable: keep the plan in Airflow's ``task_state_store`` (Airflow 3.3+), so a retried
         task starts no finished input again and reattaches to the running ones.
-    :param linger: seconds a wave lingers after its first call ended before handing back (unless
-        half the calls ended), so a hand-back carries several results.
+    :param linger: seconds a wave in the triggerer lingers after its first call ended before handing
+        back (unless half the calls ended), so a hand-back (a task resume) carries several results;
+        the worker's own waves linger at most 0.1 s, since a hand-back there costs one state write.
     :param defer_after: with ``deferrable=True``, seconds the worker waits, after starting calls,
         for one of them to end before it defers; while calls keep ending sooner, the batch goes on
         in the worker, since a deferral costs a task resume (seconds of scheduling, a worker start
@@ -438,6 +441,8 @@ class BananaBatchInferenceOperator(BaseOperator):
         self.durable = durable
         self.linger = validate_seconds("linger", linger)
         self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
+        # Outputs taken from a wave, persisted with the next write of the plan.
+        self._unsaved: dict[int, list[Any]] = {}
 
     @functools.cached_property
     def hook(self) -> BananaHook:
@@ -523,7 +528,9 @@ class BananaBatchInferenceOperator(BaseOperator):
         worker = BatchWorker(
             self.banana_conn_id,
             BananaRetryPolicy(max_attempts=self.max_attempts),
-            linger=self.linger,
+            # A hand-back costs the worker one write of the state, not a task resume: the slots
+            # of the calls that ended are refilled at once rather than a second later.
+            linger=min(self.linger, WORKER_LINGER),
             deadline=deadline,
             started_at=started_at,
             long_poll=self.long_poll,
@@ -574,7 +581,7 @@ class BananaBatchInferenceOperator(BaseOperator):
         # as "starting" before it is sent, and each answer is saved as it arrives (grouped with
         # the next burst's write), so a worker that dies loses at most the ids of the Starts in flight.
         pending: dict[concurrent.futures.Future[BananaResult], int] = {}
-        new_outputs: dict[int, list[Any]] = {}
+        new_outputs, self._unsaved = self._unsaved, {}
         error: BananaError | None = None
         try:
             while True:
@@ -638,7 +645,13 @@ class BananaBatchInferenceOperator(BaseOperator):
             if call_id in by_call:
                 self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
         plan.record(wave)
-        store.save(plan, {} if plan.ordered else new_outputs)
+        if wave.error or wave.timed_out:
+            store.save(plan, {} if plan.ordered else new_outputs)
+        else:
+            # Saved with the next burst of Starts, before any is sent (_start_next always saves):
+            # one write per wave, not two. A worker that dies first leaves these calls listed as
+            # running, and the next try's Check (free) finds them finished again.
+            self._unsaved.update({} if plan.ordered else new_outputs)
         if wave.error:
             raise BananaError(
                 f"Waiting for the Banana batch's calls failed: {wave.error} ({_counts(plan)}); "
