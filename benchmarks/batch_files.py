@@ -79,7 +79,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.batch_latency import SET_UP_ALLOWANCE, _cell, _children_cpu, _crossing, migrated_database
+from benchmarks.batch_latency import SET_UP_ALLOWANCE, cell, children_cpu, crossing, migrated_database
 from benchmarks.common import ROOT, load_average, machine, print_table, raise_fd_limit
 from tests.components import airflow_env, tail
 from tests.helpers import free_port
@@ -288,8 +288,8 @@ def analyse(samples: Sequence[Sample], n: int) -> dict[str, Any]:
     rss = [s.rss for s in samples if s.rss is not None]
     state = [s.task_state_bytes for s in samples if s.task_state_bytes is not None]
     counted = [s for s in samples if s.starts_taken is not None]
-    first = _crossing(counted, lambda s: s.starts_taken > 0)
-    end = _crossing(counted, lambda s: s.ended >= n)
+    first = crossing(counted, lambda s: s.starts_taken > 0)
+    end = crossing(counted, lambda s: s.ended >= n)
     before_first = None
     if first is not None:
         first_at = counted[first[0]].at
@@ -414,7 +414,7 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
         log = tmp / "dag-test.log"
         server.reset(forget_calls=True)
         result["load_before"] = load_average()
-        children_before = _children_cpu()
+        children_before = children_cpu()
         started = time.monotonic()
         with open(log, "wb") as out:
             child = subprocess.Popen(
@@ -430,7 +430,7 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
         finally:
             reader.close()
         result["child_seconds"] = time.monotonic() - started
-        result["client_cpu_process"] = _children_cpu() - children_before
+        result["client_cpu_process"] = children_cpu() - children_before
         stats = server.stats()
         result["load_after"] = load_average()
     result.update(analyse(samples, n))
@@ -471,11 +471,11 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
 
 
 def _mib(value: float | None) -> str:
-    return _cell(None if value is None else value / MIB, ".1f")
+    return cell(None if value is None else value / MIB, ".1f")
 
 
 def _kib(value: float | None) -> str:
-    return _cell(None if value is None else value / 1024, ".1f")
+    return cell(None if value is None else value / 1024, ".1f")
 
 
 def _rss_kib_to_bytes(value: int | None) -> int | None:
@@ -523,9 +523,9 @@ def report(results: Sequence[dict[str, Any]]) -> None:
                 r["mode"],
                 f"{r['n']:,}",
                 verified,
-                _cell(r.get("task_seconds"), ".1f"),
-                _cell(r.get("calls_per_second"), ".0f"),
-                _cell(r.get("calls_wall"), ".1f"),
+                cell(r.get("task_seconds"), ".1f"),
+                cell(r.get("calls_per_second"), ".0f"),
+                cell(r.get("calls_wall"), ".1f"),
                 _mib(_rss_kib_to_bytes(r.get("rss_parsed_kib"))),
                 _mib(r.get("rss_at_first_start")),
                 _mib(r.get("peak_rss")),

@@ -178,7 +178,8 @@ def _client_cpu(process: psutil.Process) -> float | None:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
+    """Return the user + system CPU seconds of this process's waited-for children so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -219,7 +220,7 @@ def sample_until_exit(server: DevServer, child: subprocess.Popen[bytes], limit: 
     return samples, False
 
 
-def _crossing(samples: Sequence[Sample], reached: Any) -> tuple[int, float] | None:
+def crossing(samples: Sequence[Sample], reached: Any) -> tuple[int, float] | None:
     """Return the index of the first sample for which ``reached`` holds, and the instant midway since the one before."""
     for index, sample in enumerate(samples):
         if reached(sample):
@@ -238,13 +239,13 @@ def analyse(samples: Sequence[Sample], n: int, rtt: float, call_seconds: float, 
     :param max_in_flight: the operator's ``max_in_flight``.
     """
     limit = n / max_in_flight * (call_seconds + rtt)
-    first = _crossing(samples, lambda s: s.starts_taken > 0)
-    end = _crossing(samples, lambda s: s.ended >= n)
+    first = crossing(samples, lambda s: s.starts_taken > 0)
+    end = crossing(samples, lambda s: s.ended >= n)
     if first is None:
         return {"limit": limit, "wall": None}
     last_index, last_at = end if end is not None else (len(samples) - 1, samples[-1].at)
     first_index, first_at = first
-    all_started = _crossing(samples, lambda s: s.starts_taken >= n)
+    all_started = crossing(samples, lambda s: s.starts_taken >= n)
     steady_until = all_started[1] if all_started is not None else last_at
     steady = [s.running for s in samples if first_at + call_seconds + rtt <= s.at <= steady_until]
     if not steady:  # the batch never got past its ramp: take it all
@@ -335,7 +336,7 @@ def measure(
         log = tmp / "dag-test.log"
         server.reset(forget_calls=True)
         result["load_before"] = load_average()
-        children_before = _children_cpu()
+        children_before = children_cpu()
         with open(log, "wb") as out:
             # cwd is the home, not the checkout: nothing puts today's provider ahead of provider_dir.
             child = subprocess.Popen(
@@ -347,7 +348,7 @@ def measure(
                 cwd=home,
             )
         samples, killed = sample_until_exit(server, child, timeout + SET_UP_ALLOWANCE)
-        result["client_cpu_process"] = _children_cpu() - children_before
+        result["client_cpu_process"] = children_cpu() - children_before
         stats = server.stats()
         result["load_after"] = load_average()
     result.update(analyse(samples, n, rtt, call_seconds, max_in_flight))
@@ -383,7 +384,8 @@ def meets_goal(r: dict[str, Any]) -> bool:
     )
 
 
-def _cell(value: float | None, spec: str) -> str:
+def cell(value: float | None, spec: str) -> str:
+    """Return ``value`` formatted with ``spec``, or ``-`` for a missing one."""
     return "-" if value is None else format(value, spec)
 
 
@@ -404,14 +406,14 @@ def report(results: Sequence[dict[str, Any]]) -> None:
             [
                 r["kind"],
                 f"{r['rtt_ms']} ms",
-                _cell(r.get("wall"), ".2f"),
-                _cell(r["limit"], ".2f"),
-                _cell(r.get("wall_over_limit"), ".2f") + ("x" if r.get("wall_over_limit") else ""),
+                cell(r.get("wall"), ".2f"),
+                cell(r["limit"], ".2f"),
+                cell(r.get("wall_over_limit"), ".2f") + ("x" if r.get("wall_over_limit") else ""),
                 str(r["peak_running"]),
-                _cell(r.get("median_running"), ".0f"),
-                _cell(r.get("calls_per_second"), ".1f"),
-                f"{_cell(r.get('client_cpu'), '.1f')} ({r['client_cpu_process']:.1f})",
-                _cell(r.get("server_cpu"), ".1f"),
+                cell(r.get("median_running"), ".0f"),
+                cell(r.get("calls_per_second"), ".1f"),
+                f"{cell(r.get('client_cpu'), '.1f')} ({r['client_cpu_process']:.1f})",
+                cell(r.get("server_cpu"), ".1f"),
                 goal,
             ]
         )
