@@ -114,7 +114,11 @@ EXAMPLE_STARTS = {
     "example_banana_mapped": 3,
     "example_banana_sensor": 1,
     "example_banana_batch": 40,
+    "example_banana_batch_files": 50,
 }
+#: Example DAGs scheduled on an Asset an example above produces: unpaused, never triggered by hand,
+#: each must run by itself once its producer has succeeded.
+EXAMPLE_ASSET_SCHEDULED = ("example_banana_batch_files_report",)
 MAPPED_DAG = "production_mapped_deferrable"
 BATCH_DAG = "production_batch_worker_kill"
 SCHEDULER_DAG = "production_scheduler_kill"
@@ -335,7 +339,7 @@ def topology(args: argparse.Namespace, key: str) -> Iterator[Topology]:
             topo.start_triggerer("triggerer-1")
             topo.start_triggerer("triggerer-2")
             topo.wait_for_worker("celery-worker-1")
-            wait_until_served(stack, [*EXAMPLE_STARTS, *PRODUCTION_DAGS])
+            wait_until_served(stack, [*EXAMPLE_STARTS, *EXAMPLE_ASSET_SCHEDULED, *PRODUCTION_DAGS])
             yield topo
         finally:
             stragglers = stop_and_reap(stack)
@@ -433,12 +437,23 @@ def examples(row: Row, topo: Topology) -> None:
     found = sorted(
         re.findall(r'dag_id="([^"]+)"', "".join(p.read_text() for p in (ROOT / "example_dags").glob("*.py")))
     )
-    check(
-        found == sorted(EXAMPLE_STARTS), f"example_dags/ holds {found}; EXAMPLE_STARTS names {sorted(EXAMPLE_STARTS)}"
-    )
+    named = sorted([*EXAMPLE_STARTS, *EXAMPLE_ASSET_SCHEDULED])
+    check(found == named, f"example_dags/ holds {found}; EXAMPLE_STARTS and EXAMPLE_ASSET_SCHEDULED name {named}")
+    for dag_id in EXAMPLE_ASSET_SCHEDULED:
+        stack.api("PATCH", f"api/v2/dags/{dag_id}", {"is_paused": False})
     before = topo.starts()
     runs = {dag_id: trigger(stack, dag_id) for dag_id in EXAMPLE_STARTS}
     states = {dag_id: stack.wait_for_run_end(path, timeout=300) for dag_id, (_, path) in runs.items()}
+    for dag_id in EXAMPLE_ASSET_SCHEDULED:
+        # Scheduled by the asset event of its producer's success: one run, which must succeed.
+        asset_runs = stack.wait_for(
+            f"{dag_id} run on its asset",
+            lambda dag_id=dag_id: stack.api("GET", f"api/v2/dags/{dag_id}/dagRuns")["dag_runs"] or None,
+            120,
+        )
+        path = f"api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(asset_runs[0]['dag_run_id'], safe='')}"
+        states[dag_id] = stack.wait_for_run_end(path, timeout=300)
+        runs[dag_id] = (asset_runs[0]["dag_run_id"], path)
     starts = topo.starts() - before
     expected = sum(EXAMPLE_STARTS.values())
     row.figures["DAG runs"] = f"{sum(s == 'success' for s in states.values())}/{len(states)} success"
