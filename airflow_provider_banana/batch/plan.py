@@ -462,7 +462,6 @@ class BatchPlan:
         self.outputs = {}
         self.starting = set()
         self.lost_earlier = sorted(int(index) for index in state.get("starting", []))
-        for index in state.get("starting", []):
-            self.starting.add(int(index))
-            self.start_lost(int(index), START_LOST_EARLIER)
+        for index in self.lost_earlier:
+            self.start_lost(index, START_LOST_EARLIER)
         return True

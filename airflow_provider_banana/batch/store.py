@@ -106,12 +106,15 @@ class BatchStore:
 
         Outputs go first: a worker that dies between the two leaves the plan calling those calls
         running, and the next wave finds them finished again (a Check is free; a Start is not).
-        A batch with an output file keeps no outputs here (``new_outputs`` is empty).
+        A batch with an output file keeps no outputs here: ``new_outputs`` is dropped, since the
+        plan holds them until their lines are written.
 
         :param plan: the plan.
         :param new_outputs: input index to outputs, for the inputs that finished since the last save;
             emptied once persisted.
         """
+        if plan.ordered:
+            new_outputs.clear()  # they go to the output file, from the plan's memory
         if new_outputs:
             self._set(BATCH_CHUNK_KEY.format(self.chunks), {str(i): v for i, v in new_outputs.items()})
             self.chunks += 1

@@ -631,7 +631,7 @@ class BananaBatchInferenceOperator(BaseOperator):
             plan.start_not_sent(index)
             return e
         outputs = result.model_outputs if isinstance(result, BananaFinished) else None
-        if outputs is not None and not plan.ordered:
+        if outputs is not None:
             new_outputs[index] = outputs
         # At debug level: the mapping is in the persisted plan (running calls) and the output file.
         self.log.debug("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
@@ -646,12 +646,12 @@ class BananaBatchInferenceOperator(BaseOperator):
                 self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
         plan.record(wave)
         if wave.error or wave.timed_out:
-            store.save(plan, {} if plan.ordered else new_outputs)
+            store.save(plan, new_outputs)
         else:
             # Saved with the next burst of Starts, before any is sent (_start_next always saves):
             # one write per wave, not two. A worker that dies first leaves these calls listed as
             # running, and the next try's Check (free) finds them finished again.
-            self._unsaved.update({} if plan.ordered else new_outputs)
+            self._unsaved.update(new_outputs)
         if wave.error:
             raise BananaError(
                 f"Waiting for the Banana batch's calls failed: {wave.error} ({_counts(plan)}); "
