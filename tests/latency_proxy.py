@@ -89,7 +89,11 @@ class _Pipe:
             target.write(item)
         elif item == _EOF:
             if target.can_write_eof():
-                target.write_eof()
+                try:
+                    target.write_eof()
+                except OSError:  # the peer reset meanwhile (ENOTCONN): close it as a reset would
+                    target.abort()
+                    return
             self._link.eof_delivered()
         elif item == _CLOSE:
             target.close()  # after what is buffered
