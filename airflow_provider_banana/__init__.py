@@ -46,6 +46,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.operators.banana"]}],
         "sensors": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.sensors.banana"]}],
         "triggers": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.triggers.banana"]}],
+        # @task.banana and @task.banana_batch: Airflow's task object resolves them from here.
+        "task-decorators": [
+            {"name": "banana", "class-name": "airflow_provider_banana.decorators.banana.banana_task"},
+            {"name": "banana_batch", "class-name": "airflow_provider_banana.decorators.banana.banana_batch_task"},
+        ],
         "connection-types": [
             {
                 "connection-type": "banana",

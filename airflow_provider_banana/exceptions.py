@@ -14,10 +14,16 @@ The tree::
         ├── BananaCallError                Banana says the call itself failed (call_id, message)
         │   ├── BananaCallNotFoundError    unknown or expired callID ("taskID does not exist")
         │   └── BananaBatchError           items of a batch failed after their retries (failures, size)
+        ├── BananaOutputsNotStorableError  the call finished but Airflow cannot store its outputs (call_id,
+        │                                  problems); never retried: a task retry reattaches to the call
         ├── BananaTimeoutError             our own deadline passed while the call ran on (call_id, timeout)
         │   └── BananaBatchTimeoutError    a batch's deadline passed with calls running (running, progress)
+        ├── BananaOutputsError             outputs the trigger saw cannot be had as it saw them (call_id, size, sha256)
+        │   ├── BananaOutputsExpiredError  the server no longer has them (its retention ended); never retried
+        │   └── BananaOutputsMismatchError what the worker fetched differs from what the trigger saw
         └── BananaTransportError           the exchange failed; says nothing about the call (endpoint, request_sent)
             ├── BananaConnectError         never reached the server: the request was not taken
+            │   └── BananaCertificateError the server's TLS certificate is not trusted; never retried
             ├── BananaResponseLostError    the request was sent, its answer lost (read timeout, dropped connection)
             ├── BananaHTTPError            an HTTP status other than 200, redirects included (status_code, retry_after)
             └── BananaProtocolError        HTTP 200 whose body is not a Banana reply (not JSON, no message,
@@ -31,19 +37,29 @@ Banana" and is never reported as a failed inference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from airflow.exceptions import AirflowException
+
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 __all__ = [
     "BananaBatchError",
     "BananaBatchTimeoutError",
     "BananaCallError",
     "BananaCallNotFoundError",
+    "BananaCertificateError",
     "BananaConfigError",
     "BananaConnectError",
     "BananaError",
     "BananaHTTPError",
+    "BananaOutputsError",
+    "BananaOutputsExpiredError",
+    "BananaOutputsMismatchError",
+    "BananaOutputsNotStorableError",
     "BananaProtocolError",
     "BananaReplyTooLargeError",
     "BananaResponseLostError",
@@ -90,6 +106,31 @@ class BananaCallError(BananaError):
 
 class BananaCallNotFoundError(BananaCallError):
     """Report a callID that Banana does not know: never existed, expired, or lost in a restart."""
+
+
+class BananaOutputsNotStorableError(BananaError):
+    """
+    Report a call that finished with outputs Airflow cannot store (XCom, a trigger event, task state).
+
+    The outputs are never altered to fit, and the error is not retried within the task. The call
+    is kept: a retry of the task (with ``durable`` calls, Airflow 3.3+) reattaches to it with a
+    Check, which is free, instead of paying for a new Start, and fails the same way.
+
+    :param problems: ``(path, reason)`` for each value found, the path like ``[0]["image"]["x"]``.
+    :param call_id: the call, when known.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]], *, call_id: str | None = None) -> None:
+        self.problems = [(str(path), str(reason)) for path, reason in problems]
+        self.call_id = call_id
+        where = "; ".join(f"at {path}: {reason}" for path, reason in self.problems)
+        self.message = f"Airflow cannot store its outputs ({where})"
+        call = f"Banana call {call_id}" if call_id else "The Banana call"
+        super().__init__(
+            f"{call} finished, but Airflow cannot store its outputs, which are left as they are: {where}. "
+            "With durable calls (Airflow 3.3+), a retry of this task reattaches to the call (a Check, not a "
+            "new Start) and fails the same way"
+        )
 
 
 class BananaTimeoutError(BananaError):
@@ -154,6 +195,15 @@ class BananaConnectError(BananaTransportError):
     request_sent = False
 
 
+class BananaCertificateError(BananaConnectError):
+    """
+    Report a server whose TLS certificate could not be verified: nothing was sent.
+
+    The same certificate fails the same way on every attempt, so it is never retried: the CA that
+    signed it must be trusted (connection extra ``ca_bundle``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``).
+    """
+
+
 class BananaResponseLostError(BananaTransportError):
     """Report that the request was sent and its answer lost; a Start may have been taken."""
 
@@ -165,6 +215,8 @@ class BananaHTTPError(BananaTransportError):
     Report an HTTP status other than 200.
 
     :param retry_after: seconds the server asked us to wait (``Retry-After``), if it said.
+    :param request_sent: ``False`` when the status proves the server refused the request without
+        taking it (a Start answered 429, or 503 with ``Retry-After``); the contract decides.
     """
 
     def __init__(
@@ -175,9 +227,12 @@ class BananaHTTPError(BananaTransportError):
         status_code: int,
         call_id: str | None = None,
         retry_after: float | None = None,
+        request_sent: bool | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=status_code)
+        super().__init__(
+            detail, endpoint=endpoint, call_id=call_id, status_code=status_code, request_sent=request_sent
+        )
 
 
 class BananaProtocolError(BananaTransportError):
@@ -241,6 +296,37 @@ class BananaBatchTimeoutError(BananaTimeoutError):
             f"Banana batch did not finish within {timeout:g} s ({counts}); still running: {calls}{more}. "
             "Banana v4 cannot cancel them; a retry of this task reattaches to them",
         )
+
+
+class BananaOutputsError(BananaError):
+    """
+    Report that a finished call's outputs, too large for the trigger event, cannot be had as the trigger saw them.
+
+    :param call_id: the call.
+    :param size: the outputs' size the trigger saw (bytes of their canonical JSON).
+    :param sha256: their digest the trigger saw.
+    :param detail: what went wrong.
+    """
+
+    def __init__(self, call_id: str, size: int, sha256: str, detail: str) -> None:
+        self.call_id = call_id
+        self.size = size
+        self.sha256 = sha256
+        self.detail = detail
+        super().__init__(f"Banana call {call_id} finished with {size} bytes of outputs, but {detail}")
+
+
+class BananaOutputsExpiredError(BananaOutputsError, AirflowFailException):
+    """
+    Report that the server forgot a finished call before the worker fetched its outputs.
+
+    Also an ``AirflowFailException``: a retry cannot bring the outputs back, and a new Start would
+    be billed again, so the task fails without retrying.
+    """
+
+
+class BananaOutputsMismatchError(BananaOutputsError):
+    """Report outputs fetched by the worker that differ from those the trigger saw (size or sha256)."""
 
 
 def _rebuild(cls, args, state):

@@ -4,9 +4,13 @@ Run one inference on Banana and hand its outputs to a downstream task.
 The operator sends Start from the worker, defers the wait to the triggerer (no worker slot is
 held while the model runs) and returns the ``modelOutputs`` list, which ``op.output`` passes on.
 
-Needs a connection ``banana_default`` (see the README); with the local server::
+Needs a connection ``banana_default`` (docs/connection.md). Run it on this machine against the
+local server, from the clone's top folder with the venv active (``source .venv/bin/activate``)::
 
-    python -m airflow_provider_banana.devserver --port 8000
+    export AIRFLOW_HOME="$(mktemp -d)" AIRFLOW__CORE__LOAD_EXAMPLES=False
+    export AIRFLOW__CORE__DAGS_FOLDER="$PWD/example_dags"
+    airflow db migrate
+    python -m airflow_provider_banana.devserver --host 127.0.0.1 --port 8000 &
     export AIRFLOW_CONN_BANANA_DEFAULT='{"conn_type": "banana", "host": "http://127.0.0.1:8000/",
         "password": "any-key", "extra": {"model_key": "wordcount"}}'
     airflow dags test example_banana_inference

@@ -28,7 +28,12 @@ DAGS_FOLDER = AIRFLOW_HOME / "dags"
 
 # dag.test() runs only DAGs found in a DAG bundle: the examples and the test scenarios go there.
 DAGS_FOLDER.mkdir()
-for source in [*(ROOT / "example_dags").glob("*.py"), *(ROOT / "tests" / "dags").glob("*.py")]:
+# The documentation's example DAGs (docs/examples, run by tests/test_docs.py) go there too.
+for source in [
+    *(ROOT / "example_dags").glob("*.py"),
+    *(ROOT / "tests" / "dags").glob("*.py"),
+    *(ROOT / "docs" / "examples").glob("*.py"),
+]:
     shutil.copy(source, DAGS_FOLDER / source.name)
 
 # Set before anything imports Airflow, which reads its configuration once.

@@ -296,7 +296,9 @@ class TestTimeouts:
         assert contract.parse_retry_after("3") == 3.0
         assert contract.parse_retry_after(None) is None
         assert contract.parse_retry_after("soon") is None
-        assert contract.parse_retry_after("-5") == 0.0
+        # Only RFC 9110 forms are valid (a 503 with a valid one is a refusal): digits, or a date.
+        for invalid in ("-5", "1.5", "inf", "nan", "", " "):
+            assert contract.parse_retry_after(invalid) is None, invalid
         http_date = "Wed, 21 Oct 2015 07:28:00 GMT"
         assert contract.parse_retry_after(http_date, now=1445412470.0) == pytest.approx(10.0)
 
@@ -328,7 +330,7 @@ class TestRetryDecisions:
         ("status", "start", "check"),
         [
             (429, True, True),
-            (503, True, True),
+            (503, False, True),  # a bare 503: maybe a gateway after forwarding the Start
             (500, False, True),
             (502, False, True),
             (504, False, True),

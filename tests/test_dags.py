@@ -138,6 +138,7 @@ class TestExamples:
             "example_banana_batch",
             "example_banana_batch_files",
             "example_banana_batch_files_report",
+            "example_banana_decorators",
             "example_banana_inference",
             "example_banana_mapped",
             "example_banana_sensor",
@@ -151,6 +152,7 @@ class TestExamples:
             ("example_banana_sensor", "report", lambda value: value == "ripe"),
             ("example_banana_batch", "store", lambda value: value == 40 * 5),
             ("example_banana_batch_files", "count_words", lambda value: value == 50 * 5),
+            ("example_banana_decorators", "report", lambda value: value == 6 + 6 * 2 + 3 + 3 + 1),
         ],
     )
     def test_example_runs_end_to_end(

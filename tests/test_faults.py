@@ -63,7 +63,8 @@ CASES = [
     Case("500 burst on Check", burst(500, "check"), "success"),
     Case("502 burst on Check", burst(502, "check"), "success"),
     Case("503 burst on Check", burst(503, "check"), "success"),
-    Case("503 burst on Start (refused before processing)", burst(503, "start"), "success"),
+    Case("503 with Retry-After burst on Start (refused)", burst(503, "start", retry_after=0), "success"),
+    Case("bare 503 on Start (may have been taken)", burst(503, "start", count=1), BananaHTTPError, starts=0),
     Case("500 on Start (may have been taken)", burst(500, "start", count=1), BananaHTTPError, starts=0),
     Case("502 on Start", burst(502, "start", count=1), BananaHTTPError, starts=0),
     Case(

@@ -162,10 +162,10 @@ class TestValidationBeforeAnyRequest:
 
 
 class TestRetries:
-    def test_start_retried_after_503_and_429_answered_before_processing(
+    def test_start_retried_after_a_503_with_retry_after_answered_before_processing(
         self, hook: BananaHook, server: DevServer
     ) -> None:
-        server.faults(fail_next={"count": 2, "status": 503, "endpoints": ["start"]})
+        server.faults(fail_next={"count": 2, "status": 503, "endpoints": ["start"], "retry_after": 0})
         assert hook.run({"prompt": "a"})[0]["words"] == 1
         stats = server.stats()
         assert stats["start_requests"] == 3
@@ -178,7 +178,7 @@ class TestRetries:
         assert time.monotonic() - began >= 1.0
         assert server.stats()["starts_taken"] == 1
 
-    @pytest.mark.parametrize("status", [500, 502, 504])
+    @pytest.mark.parametrize("status", [500, 502, 503, 504])
     def test_start_not_retried_after_other_5xx(self, hook: BananaHook, server: DevServer, status: int) -> None:
         server.faults(fail_next={"count": 1, "status": status, "endpoints": ["start"]})
         with pytest.raises(BananaHTTPError) as info:

@@ -1,11 +1,12 @@
 """
-Read a batch's inputs from a JSONL file and write its results to one, through Airflow's object storage.
+Read a batch's inputs from a JSONL file and write results to files, through Airflow's object storage.
 
 Any URI :class:`airflow.sdk.ObjectStoragePath` understands works (``file://``, ``s3://``, ``gs://``
 and the rest, with ``scheme://conn_id@bucket/key`` naming the connection). Both sides stream: the
 inputs are read line by line, and the results are written in parts of a few hundred lines, then
 put together into the output file once the batch has ended, so memory stays bounded by
-``max_in_flight`` and nothing in the metadata database grows with the number of inputs.
+``max_in_flight`` and nothing in the metadata database grows with the number of inputs. A single
+call's ``output_path`` is written with the same primitive (:func:`write_file`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_banana.batch.plan import inputs_digest
-from airflow_provider_banana.contract import validate_model_inputs
+from airflow_provider_banana.contract import OutputsDigest, OutputsWritten, canonical_outputs, validate_model_inputs
 from airflow_provider_banana.exceptions import BananaConfigError
 
 if TYPE_CHECKING:
@@ -46,6 +47,37 @@ def as_storage_path(value: Any, argument: str) -> ObjectStoragePath:
     if isinstance(value, str) and value.strip():
         return ObjectStoragePath(value.strip())
     raise BananaConfigError(f"{argument} must be a URI string or an ObjectStoragePath, got {value!r}")
+
+
+def write_file(path: ObjectStoragePath, data: bytes, what: str) -> None:
+    """
+    Write ``data`` to ``path``, replacing what is there, its folder made first.
+
+    :param path: the file.
+    :param data: its whole content.
+    :param what: the file, for the error (``output_path s3://...``).
+    :raises BananaConfigError: the file cannot be written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as file:
+            file.write(data)
+    except OSError as e:
+        raise BananaConfigError(f"{what}: cannot be written: {e}") from e
+
+
+def write_outputs(path: ObjectStoragePath, model_outputs: list[Any]) -> OutputsWritten:
+    """
+    Write one call's outputs to ``path`` as JSON (:func:`~airflow_provider_banana.contract.canonical_outputs`).
+
+    :param path: the file (``output_path``).
+    :param model_outputs: the call's ``modelOutputs`` list.
+    :return: the file's URI, size and sha256: what the task returns instead of the outputs.
+    :raises BananaConfigError: the file cannot be written.
+    """
+    data = canonical_outputs(model_outputs)
+    write_file(path, data, f"output_path {path}")
+    return OutputsWritten(str(path), OutputsDigest.of(data))
 
 
 class ListInputs:
@@ -184,12 +216,7 @@ class JsonlOutput:
         :param lines: its lines, in input order.
         :raises BananaConfigError: the part cannot be written.
         """
-        try:
-            self.parts.mkdir(parents=True, exist_ok=True)
-            with self._part(number).open("wb") as file:
-                file.write(encode_lines(lines))
-        except OSError as e:
-            raise BananaConfigError(f"output_path {self.path}: cannot write its part {number}: {e}") from e
+        write_file(self._part(number), encode_lines(lines), f"output_path {self.path} (its part {number})")
 
     def assemble(self, count: int) -> None:
         """

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_banana.contract.events import OutputsOnServer, wave_outputs_event, wave_outputs_from_event
 from airflow_provider_banana.contract.validation import validate_count
 from airflow_provider_banana.exceptions import BananaBatchError, BananaError
 
@@ -43,26 +44,37 @@ class Wave:
     :param failed: call id to Banana's message, for calls that failed or are unknown.
     :param timed_out: the batch's deadline passed first.
     :param error: transport trouble that outlived the retries, or another local problem.
+    :param on_server: calls that finished whose outputs the event left on the server (too large for
+        it): the worker fetches them, then moves them to ``finished``.
+    :param unstorable: call id to why Airflow cannot store its outputs (which stay out of the wave):
+        the calls finished, and a new Start would bring the same outputs, so their inputs fail for good.
     """
 
     finished: dict[str, list[Any]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     timed_out: bool = False
     error: str | None = None
+    on_server: dict[str, OutputsOnServer] = field(default_factory=dict)
+    unstorable: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         """Return whether nothing ended and nothing went wrong (a wait that gave up early)."""
-        return not (self.finished or self.failed or self.timed_out or self.error)
+        return not (self.finished or self.failed or self.timed_out or self.error or self.on_server or self.unstorable)
 
     def to_event(self) -> dict[str, Any]:
-        """Return the trigger event payload: only what ended in this wave."""
+        """
+        Return the trigger event payload: only what ended in this wave, outputs inline up to 64 KiB in all.
+
+        Serializing the outputs takes time for large ones: a trigger calls this in a thread.
+        """
         return {
             "status": WAVE,
-            "finished": self.finished,
+            **wave_outputs_event(self.finished),
             "failed": self.failed,
             "timed_out": self.timed_out,
             "error": self.error,
+            "unstorable": self.unstorable,
         }
 
     @classmethod
@@ -74,15 +86,19 @@ class Wave:
         """
         if not isinstance(event, Mapping) or event.get("status") != WAVE:
             raise BananaError(f"Expected a Banana batch wave event, got {event!r}")
-        finished, failed = event.get("finished"), event.get("failed")
-        if not isinstance(finished, dict) or not isinstance(failed, dict):
+        failed = event.get("failed")
+        if not isinstance(failed, dict):
             raise BananaError(f"Malformed Banana batch wave event: {event!r}")
+        finished, on_server = wave_outputs_from_event(event)
         error = event.get("error")
         return cls(
-            finished={str(k): v if isinstance(v, list) else [v] for k, v in finished.items()},
+            finished=finished,
             failed={str(k): str(v) for k, v in failed.items()},
             timed_out=bool(event.get("timed_out")),
             error=str(error) if error else None,
+            on_server=on_server,
+            # Absent from the events of earlier versions.
+            unstorable={str(k): str(v) for k, v in (event.get("unstorable") or {}).items()},
         )
 
 
@@ -163,6 +179,8 @@ class BatchPlan:
     #: With ``ordered``: finished inputs not yet written, to their call id (its outputs can be
     #: fetched again with a free Check) or, for a Start that finished at once, their outputs.
     held: dict[int, Any] = field(default_factory=dict)
+    #: Inputs whose calls finished with outputs Airflow cannot store: failed, never started again.
+    unstorable: dict[int, str] = field(default_factory=dict)
     #: Inputs whose Starts the persisted state had in flight: no answer recorded (see :meth:`restore`).
     lost_earlier: list[int] = field(default_factory=list)
 
@@ -309,6 +327,30 @@ class BatchPlan:
                 del self.running[index]
                 self.failed_calls[index] = call_id
                 self._item_failed(index, message)
+        for call_id, message in wave.unstorable.items():
+            if (index := by_call.get(call_id)) is not None:
+                del self.running[index]
+                self.outputs_not_storable(index, message, call_id)
+
+    def outputs_not_storable(self, index: int, message: str, call_id: str | None) -> None:
+        """
+        Fail input ``index`` for good: its call finished with outputs Airflow cannot store.
+
+        Never started again, in this try or the next (:meth:`new_try`): a new Start would pay for
+        the same outputs. Under ``"fail"`` the batch fails naming it; under ``"skip"`` its entry is ``None``.
+
+        :param index: the input.
+        :param message: where and why (a ``BananaOutputsNotStorableError``'s ``message``).
+        :param call_id: the finished call, if it has an id (a Start that finished at once may not).
+        """
+        self.starting.discard(index)
+        self.running.pop(index, None)
+        self.attempts[index] = self.attempts.get(index, 0) + 1
+        if call_id:
+            self.failed_calls[index] = call_id
+        self.last_errors[index] = message
+        self.failed[index] = message
+        self.unstorable[index] = message
 
     def _item_failed(self, index: int, message: str) -> None:
         self.last_errors[index] = message
@@ -318,11 +360,13 @@ class BatchPlan:
             self.failed[index] = message
 
     def new_try(self) -> None:
-        """Give the items that failed for good a fresh set of retries: a new task try retries them."""
+        """Give the items that failed for good a fresh set of retries, except those a Start cannot mend."""
         for index in sorted(self.failed):
+            if index in self.unstorable:
+                continue  # a new Start would pay for the same outputs
             self.attempts.pop(index, None)
             self.retry_queue.append(index)
-        self.failed.clear()
+        self.failed = {index: message for index, message in self.failed.items() if index in self.unstorable}
 
     def progress(self) -> dict[str, int]:
         """Return the counts a person watching wants: finished, running, waiting, failed."""
@@ -396,6 +440,7 @@ class BatchPlan:
         for index in range(self.written, self.written + count):
             self.held.pop(index, None)
             self.outputs.pop(index, None)
+            self.unstorable.pop(index, None)
             if self.failed.pop(index, None) is not None:
                 self.failed_written += 1
                 self.last_errors.pop(index, None)
@@ -428,6 +473,7 @@ class BatchPlan:
             "written": self.written,
             "failed_written": self.failed_written,
             "held": {str(k): v for k, v in self.held.items()},
+            "unstorable": {str(k): v for k, v in self.unstorable.items()},
             # "done" is the key tries of earlier versions wrote: kept, so they resume across an upgrade.
             "done": self.finished,
         }
@@ -459,6 +505,7 @@ class BatchPlan:
         self.written = int(state.get("written", 0))
         self.failed_written = int(state.get("failed_written", 0))
         self.held = {int(k): v for k, v in state.get("held", {}).items()}
+        self.unstorable = {int(k): str(v) for k, v in state.get("unstorable", {}).items()}
         self.outputs = {}
         self.starting = set()
         self.lost_earlier = sorted(int(index) for index in state.get("starting", []))

@@ -22,6 +22,7 @@ from airflow_provider_banana.contract import (
     DEFAULT_TIMEOUT,
     BananaRetryPolicy,
     EventStatus,
+    check_storable,
     classify_error,
 )
 from airflow_provider_banana.hooks.banana import BananaAsyncHook
@@ -77,6 +78,7 @@ class CallWatch:
         in_flight = len(self._waits)
         finished: dict[str, list[Any]] = {}
         failed: dict[str, str] = {}
+        unstorable: dict[str, str] = {}
         timed_out, error = False, None
         began = time.monotonic()
         first_end: float | None = None
@@ -95,22 +97,28 @@ class CallWatch:
                     continue
                 call_id = self._waits.pop(future)
                 try:
-                    finished[call_id] = future.result()
+                    outputs = future.result()
+                    # Outputs Airflow cannot store stay out of the wave (and its event); in a thread,
+                    # since walking megabytes of them would stall the loop.
+                    await asyncio.to_thread(check_storable, outputs, call_id=call_id)
+                    finished[call_id] = outputs
                 except Exception as e:  # transport trouble or a local problem too: reported, not hidden
                     status, text = classify_error(e)
                     if status is EventStatus.FAILED:
                         failed[call_id] = text
+                    elif status is EventStatus.NOT_STORABLE:
+                        unstorable[call_id] = text
                     elif status is EventStatus.TIMEOUT:
                         timed_out = True
                     else:
                         error = text
-            ended = len(finished) + len(failed)
+            ended = len(finished) + len(failed) + len(unstorable)
             if ended and first_end is None:
                 first_end = time.monotonic()
             since = None if first_end is None else time.monotonic() - first_end
             if hand_back_now(ended, in_flight, since, linger):
                 break
-        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error)
+        return Wave(finished=finished, failed=failed, timed_out=timed_out, error=error, unstorable=unstorable)
 
     async def aclose(self) -> None:
         """Stop following every call (the calls themselves run on)."""

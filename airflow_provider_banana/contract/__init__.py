@@ -8,14 +8,19 @@ change:
 * :mod:`.validation`: what users give (arguments, connection fields), checked before any request;
 * :mod:`.wire`: the endpoints and the Start and Check bodies, and whether a Start is startOnly;
 * :mod:`.limits`: how long one request may take and how large its reply may be;
+* :mod:`.network`: how a request reaches the server (proxy, trusted CAs), the same for both halves;
 * :mod:`.replies`: the decision table of ``shared/BANANA_API.md`` (running, finished, failed), with
   the recorded quirks (a finished Start with ``message: ""`` and ``callID: ""``, "error" as a
   case-insensitive substring anywhere in ``message``), and the key masked in every text it lets out;
+* :mod:`.stepwise`: a large body parsed in short steps, so that a thread parsing it lets an event
+  loop in the same process run;
 * :mod:`.failures`: a transport failure, as the I/O layer saw it, turned into our exception;
 * :mod:`.retries`: the one retry policy, fed to both ``tenacity.Retrying`` and ``AsyncRetrying``;
 * :mod:`.waiting`: the pacing of Checks and the reattachment of a retried task to its call;
+* :mod:`.storable`: whether Airflow can store a call's outputs (XCom, trigger events, task state);
 * :mod:`.events`: the trigger event payloads, stored in Airflow's database (a change there is a
-  compatibility change) and the one mapping of an exception to an event's outcome.
+  compatibility change): what goes in one (outputs inline up to 64 KiB, else their size and sha256),
+  what one means, and the one mapping of an exception to an event's outcome.
 
 Every public name is re-exported here: ``from airflow_provider_banana.contract import X`` works for
 all of them.
@@ -24,25 +29,45 @@ all of them.
 from __future__ import annotations
 
 from airflow_provider_banana.contract.events import (
+    MAX_EVENT_OUTPUTS_BYTES,
+    EventOutputs,
     EventStatus,
+    OutputsDigest,
+    OutputsOnServer,
+    OutputsWritten,
+    canonical_outputs,
     classify_error,
     error_event,
     event_summary,
     outputs_from_event,
     success_event,
+    wave_outputs_event,
+    wave_outputs_from_event,
 )
 from airflow_provider_banana.contract.failures import (
+    START_MAY_BE_TAKEN,
     TransportFailure,
+    note_start_taken,
     transport_error,
     unexpected_transport_error,
+    untrusted_certificate,
     unusable_url,
 )
+from airflow_provider_banana.contract.framing import framing_problem, malformed_reply
 from airflow_provider_banana.contract.limits import (
     DEFAULT_MAX_REPLY_BYTES,
     MIN_MAX_REPLY_BYTES,
     BananaTimeouts,
     RequestBudget,
     max_reply_bytes_from_extra,
+)
+from airflow_provider_banana.contract.network import (
+    DIRECT,
+    VERIFY_OFF_WARNING,
+    BananaNetwork,
+    bypasses_proxy,
+    network_for,
+    proxy_from_environment,
 )
 from airflow_provider_banana.contract.replies import (
     MAX_CALL_ID_LENGTH,
@@ -52,6 +77,7 @@ from airflow_provider_banana.contract.replies import (
     CallState,
     call_error,
     is_error_message,
+    may_hold_non_finite,
     non_finite_paths,
     parse_reply,
     parse_retry_after,
@@ -63,6 +89,12 @@ from airflow_provider_banana.contract.retries import (
     BananaRetryPolicy,
     describe_retry,
     is_retryable,
+    start_refused,
+)
+from airflow_provider_banana.contract.storable import (
+    MAX_OUTPUT_DEPTH,
+    check_storable,
+    unstorable_values,
 )
 from airflow_provider_banana.contract.validation import (
     DEFAULT_BASE_URL,
@@ -74,6 +106,7 @@ from airflow_provider_banana.contract.validation import (
     validate_base_url,
     validate_call_id,
     validate_count,
+    validate_extra,
     validate_model_inputs,
     validate_model_key,
     validate_poll_interval,
@@ -105,20 +138,30 @@ __all__ = [
     "DEFAULT_MAX_REPLY_BYTES",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_TIMEOUT",
+    "DIRECT",
     "MAX_CALL_ID_LENGTH",
+    "MAX_EVENT_OUTPUTS_BYTES",
+    "MAX_OUTPUT_DEPTH",
     "MAX_SECONDS",
     "MIN_MAX_REPLY_BYTES",
     "MIN_POLL_INTERVAL",
     "PROGRESS_EVERY",
     "START",
+    "START_MAY_BE_TAKEN",
+    "VERIFY_OFF_WARNING",
     "BananaFinished",
+    "BananaNetwork",
     "BananaResult",
     "BananaRetryPolicy",
     "BananaRunning",
     "BananaTimeouts",
     "CallState",
     "CallWaiter",
+    "EventOutputs",
     "EventStatus",
+    "OutputsDigest",
+    "OutputsOnServer",
+    "OutputsWritten",
     "Reattach",
     "RequestBudget",
     "TransportFailure",
@@ -126,37 +169,52 @@ __all__ = [
     "absolute_deadline",
     "build_check_body",
     "build_start_body",
+    "bypasses_proxy",
     "call_error",
+    "canonical_outputs",
+    "check_storable",
     "classify_error",
     "describe_retry",
     "endpoint_url",
     "error_event",
     "event_summary",
+    "framing_problem",
     "is_error_message",
     "is_retryable",
+    "malformed_reply",
     "max_reply_bytes_from_extra",
+    "may_hold_non_finite",
+    "network_for",
     "non_finite_paths",
+    "note_start_taken",
     "number_from_extra",
     "outputs_from_event",
     "parse_reply",
     "parse_retry_after",
     "pause_before_next_check",
+    "proxy_from_environment",
     "reattach_decision",
     "redirect_target",
     "reply_too_large",
+    "start_refused",
     "success_event",
     "transport_error",
     "undecodable_reply",
     "unexpected_transport_error",
+    "unstorable_values",
+    "untrusted_certificate",
     "unusable_url",
     "use_start_only",
     "validate_api_key",
     "validate_base_url",
     "validate_call_id",
     "validate_count",
+    "validate_extra",
     "validate_model_inputs",
     "validate_model_key",
     "validate_poll_interval",
     "validate_positive",
     "validate_seconds",
+    "wave_outputs_event",
+    "wave_outputs_from_event",
 ]

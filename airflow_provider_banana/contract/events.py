@@ -3,17 +3,198 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Any
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from json.encoder import encode_basestring
+from typing import Any, TypeAlias
 
 from airflow_provider_banana.contract._text import describe_error
-from airflow_provider_banana.contract.replies import call_error
+from airflow_provider_banana.contract.replies import BananaFinished, BananaResult, call_error
 from airflow_provider_banana.exceptions import (
     BananaCallError,
+    BananaCallNotFoundError,
     BananaError,
+    BananaOutputsExpiredError,
+    BananaOutputsMismatchError,
+    BananaOutputsNotStorableError,
     BananaTimeoutError,
 )
 from airflow_provider_banana.redact import Redactor
+
+#: Most bytes of outputs (their :func:`canonical_outputs`) one trigger event carries: a call's, or
+#: all of a batch wave's together. Airflow stores an event in ``task_instance.next_kwargs``, prints
+#: it in the trigger's log ("Trigger fired event") and sends it through the triggerer's log socket
+#: while every other trigger on that triggerer waits; past this the outputs stay on the server, and
+#: the event carries their size and sha256 for the worker, which fetches them with one Check.
+MAX_EVENT_OUTPUTS_BYTES = 64 * 1024
+
+
+def canonical_outputs(model_outputs: list[Any]) -> bytes:
+    """
+    Return the bytes that the size, the sha256 and an output file of ``model_outputs`` are of.
+
+    Compact JSON (``,`` and ``:`` separators, key order as sent, non-ASCII as UTF-8; NaN and
+    Infinity as Python writes them, since the parser reads them): the parsed ``modelOutputs``
+    serialized again, so the trigger and the worker, each parsing the same reply with
+    :func:`~airflow_provider_banana.contract.parse_reply`, get the same bytes from the same outputs.
+
+    The bytes are exactly ``json.dumps(model_outputs, ensure_ascii=False, separators=(",", ":"))``
+    in UTF-8, but made in pieces: one ``json.dumps`` of a 50 MB string is one C call that holds the
+    GIL for a sixth of a second, and with it the triggerer's event loop, though it runs in a thread.
+
+    :param model_outputs: the parsed ``modelOutputs`` list.
+    """
+    # A JSON "\ud800" escape parses to a lone surrogate, which strict UTF-8 refuses to encode.
+    return b"".join(part.encode("utf-8", "surrogatepass") for part in _canonical_parts(model_outputs, 0))
+
+
+#: Strings longer than this are escaped a slice at a time (JSON escapes each character alone, so
+#: the slices' escapes are the whole string's).
+_SLICE = 1 << 20
+#: Lists and objects of up to this many items, this deep, are walked for such strings; anything
+#: else is serialized whole (a walk in Python of a million small records would cost more).
+_WALK_ITEMS = 64
+_WALK_DEPTH = 8
+
+
+def _canonical_parts(value: Any, depth: int) -> Iterator[str]:
+    if isinstance(value, str) and len(value) > _SLICE:
+        yield '"'
+        for start in range(0, len(value), _SLICE):
+            yield encode_basestring(value[start : start + _SLICE])[1:-1]
+        yield '"'
+    elif isinstance(value, list) and len(value) <= _WALK_ITEMS and depth < _WALK_DEPTH:
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield ","
+            yield from _canonical_parts(item, depth + 1)
+        yield "]"
+    elif (
+        isinstance(value, dict)
+        and len(value) <= _WALK_ITEMS
+        and depth < _WALK_DEPTH
+        and all(isinstance(key, str) for key in value)  # json.dumps turns other keys into strings
+    ):
+        yield "{"
+        for index, (key, item) in enumerate(value.items()):
+            yield ("," if index else "") + encode_basestring(key) + ":"
+            yield from _canonical_parts(item, depth + 1)
+        yield "}"
+    else:
+        yield json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+
+
+@dataclass(frozen=True)
+class OutputsDigest:
+    """
+    The size and sha256 of outputs, over their :func:`canonical_outputs`.
+
+    :param size: bytes.
+    :param sha256: hex digest.
+    """
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> OutputsDigest:
+        """Return the digest of ``data`` (a :func:`canonical_outputs`)."""
+        return cls(len(data), hashlib.sha256(data).hexdigest())
+
+    def to_event(self) -> dict[str, Any]:
+        """Return the event's fields for this digest."""
+        return {"outputs_bytes": self.size, "outputs_sha256": self.sha256}
+
+    @classmethod
+    def from_event(cls, fields: Mapping[str, Any], what: str) -> OutputsDigest:
+        """
+        Read a digest back from an event's fields.
+
+        :param fields: the event, or one entry of a wave's ``on_server``.
+        :param what: the event's subject, for the error.
+        :raises BananaError: the fields are missing or malformed.
+        """
+        size, sha256 = fields.get("outputs_bytes"), fields.get("outputs_sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BananaError(f"Banana trigger event for {what}: outputs_bytes is not a size: {size!r}")
+        if not isinstance(sha256, str) or len(sha256) != 64:
+            raise BananaError(f"Banana trigger event for {what}: outputs_sha256 is not a sha256: {sha256!r}")
+        return cls(size, sha256)
+
+
+@dataclass(frozen=True)
+class OutputsOnServer:
+    """
+    Outputs an event left on the server: the worker fetches them with one Check and verifies them.
+
+    :param call_id: the finished call.
+    :param digest: what the trigger saw.
+    """
+
+    call_id: str
+    digest: OutputsDigest
+
+    def outputs_from_check(self, outcome: BananaResult | BananaCallError) -> list[Any]:
+        """
+        Return the outputs a Check of the finished call brought, once they match what the trigger saw.
+
+        :param outcome: the Check's result, or the call error it raised.
+        :raises BananaOutputsExpiredError: the server no longer knows the call (its retention ended).
+        :raises BananaOutputsMismatchError: the call now reads otherwise, or its outputs differ.
+        """
+        size, sha256 = self.digest.size, self.digest.sha256
+        if isinstance(outcome, BananaCallNotFoundError):
+            raise BananaOutputsExpiredError(
+                self.call_id,
+                size,
+                sha256,
+                "the server no longer has its result (its retention ended before the worker fetched the "
+                "outputs, which were too large for the trigger event); raise the server's result retention. "
+                f"No new call was started. Server: {outcome.message}",
+            )
+        if isinstance(outcome, BananaCallError):
+            raise BananaOutputsMismatchError(
+                self.call_id, size, sha256, f"a Check of it now reports a failure: {outcome.message}"
+            )
+        if not isinstance(outcome, BananaFinished):
+            raise BananaOutputsMismatchError(
+                self.call_id, size, sha256, f"a Check of it now reads {outcome.status_text!r}, not finished"
+            )
+        fetched = OutputsDigest.of(canonical_outputs(outcome.model_outputs))
+        if fetched != self.digest:
+            raise BananaOutputsMismatchError(
+                self.call_id,
+                size,
+                sha256,
+                f"the outputs fetched again differ from those the trigger saw ({fetched.size} bytes, "
+                f"sha256 {fetched.sha256} against sha256 {sha256}); the server answered two Checks differently",
+            )
+        return outcome.model_outputs
+
+
+@dataclass(frozen=True)
+class OutputsWritten:
+    """
+    Outputs written to a file (``output_path``) by the process that held them.
+
+    :param output_path: the file's URI.
+    :param digest: the file's size and sha256 (it holds :func:`canonical_outputs`).
+    """
+
+    output_path: str
+    digest: OutputsDigest
+
+    def task_result(self) -> dict[str, Any]:
+        """Return what the task returns instead of the outputs: ``{"output_path", "bytes", "sha256"}``."""
+        return {"output_path": self.output_path, "bytes": self.digest.size, "sha256": self.digest.sha256}
+
+
+#: What a finished call's event hands the worker: the outputs themselves (small), where to fetch
+#: them (left on the server), or the file they were written to.
+EventOutputs: TypeAlias = list[Any] | OutputsOnServer | OutputsWritten
 
 
 class EventStatus(str, enum.Enum):
@@ -32,6 +213,9 @@ class EventStatus(str, enum.Enum):
     TIMEOUT = "timeout"
     #: Waiting failed for another reason (transport trouble that outlived the retries, a bad connection).
     ERROR = "error"
+    #: The call finished, but Airflow cannot store its outputs: the event names where and why
+    #: (``problems``), never the outputs, and the task keeps the call for a retry to reattach to.
+    NOT_STORABLE = "not_storable"
     #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
     SUCCESS = "success"
 
@@ -46,6 +230,8 @@ def classify_error(error: BaseException, redactor: Redactor | None = None) -> tu
     :param redactor: masks the key in the text (our exceptions mask it already; this covers any other).
     """
     redact = redactor or Redactor(None)
+    if isinstance(error, BananaOutputsNotStorableError):
+        return EventStatus.NOT_STORABLE, redact(error.message)
     if isinstance(error, BananaCallError):
         return EventStatus.FAILED, redact(error.message)
     if isinstance(error, BananaTimeoutError):
@@ -53,23 +239,82 @@ def classify_error(error: BaseException, redactor: Redactor | None = None) -> tu
     return EventStatus.ERROR, redact(describe_error(error))
 
 
-def success_event(call_id: str, model_outputs: list[Any], message: str = "success", **summary: float) -> dict[str, Any]:
+def success_event(
+    call_id: str,
+    model_outputs: list[Any],
+    message: str = "success",
+    *,
+    written: OutputsWritten | None = None,
+    **summary: float,
+) -> dict[str, Any]:
     """
-    Return the payload of a call that finished.
+    Return the payload of a call that finished; its outputs inline only up to :data:`MAX_EVENT_OUTPUTS_BYTES`.
+
+    Past it, ``model_outputs`` is ``None`` and ``outputs_bytes`` and ``outputs_sha256`` say what the
+    worker must fetch; with ``written``, ``output_path`` names the file that holds them instead.
+    Serializing the outputs takes time for large ones: a trigger calls this in a thread.
 
     :param call_id: the call.
     :param model_outputs: its ``modelOutputs`` list.
     :param message: Banana's message.
+    :param written: the file the outputs were written to (``output_path``), if any.
     :param summary: the watch's figures for the task's log (``checks``, ``elapsed``): added keys,
         which a reader of an older payload does without.
     """
-    return {
+    event: dict[str, Any] = {
         "status": EventStatus.FINISHED.value,
         "call_id": call_id,
-        "model_outputs": model_outputs,
+        "model_outputs": None,
         "message": message,
         **summary,
     }
+    if written is not None:
+        return {**event, "output_path": written.output_path, **written.digest.to_event()}
+    data = canonical_outputs(model_outputs)
+    if len(data) <= MAX_EVENT_OUTPUTS_BYTES:
+        return {**event, "model_outputs": model_outputs}
+    return {**event, **OutputsDigest.of(data).to_event()}
+
+
+def wave_outputs_event(finished: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """
+    Return a batch wave event's outputs: ``finished`` inline up to :data:`MAX_EVENT_OUTPUTS_BYTES` in all.
+
+    Calls whose outputs do not fit go to ``on_server`` (call id to ``outputs_bytes`` and
+    ``outputs_sha256``): the worker fetches them. A trigger calls this in a thread.
+
+    :param finished: call id to ``modelOutputs``, for the calls that finished in the wave.
+    """
+    inline: dict[str, list[Any]] = {}
+    on_server: dict[str, dict[str, Any]] = {}
+    budget = MAX_EVENT_OUTPUTS_BYTES
+    for call_id, outputs in finished.items():
+        data = canonical_outputs(outputs)
+        if len(data) <= budget:
+            inline[call_id] = outputs
+            budget -= len(data)
+        else:
+            on_server[call_id] = OutputsDigest.of(data).to_event()
+    return {"finished": inline, "on_server": on_server}
+
+
+def wave_outputs_from_event(event: Mapping[str, Any]) -> tuple[dict[str, list[Any]], dict[str, OutputsOnServer]]:
+    """
+    Return a batch wave event's outputs: those it carries, and those left on the server (fetch them).
+
+    :param event: the wave's payload.
+    :raises BananaError: malformed outputs.
+    """
+    finished, on_server = event.get("finished"), event.get("on_server") or {}
+    if not isinstance(finished, Mapping) or not isinstance(on_server, Mapping):
+        raise BananaError(f"Malformed Banana batch wave event: finished or on_server is not a mapping: {event!r}")
+    inline = {str(k): v if isinstance(v, list) else [v] for k, v in finished.items()}
+    left: dict[str, OutputsOnServer] = {}
+    for call_id, fields in on_server.items():
+        if not isinstance(fields, Mapping):
+            raise BananaError(f"Malformed Banana batch wave event: on_server[{call_id!r}] is {fields!r}")
+        left[str(call_id)] = OutputsOnServer(str(call_id), OutputsDigest.from_event(fields, f"call {call_id}"))
+    return inline, left
 
 
 def error_event(
@@ -81,7 +326,8 @@ def error_event(
     The payload is stored in Airflow's database: its message has the key masked.
 
     :param call_id: the call.
-    :param error: a failed call (``failed``), our deadline (``timeout``), or anything else (``error``).
+    :param error: a failed call (``failed``), our deadline (``timeout``), outputs Airflow cannot store
+        (``not_storable``, with ``problems``: ``[path, reason]`` pairs), or anything else (``error``).
     :param redactor: masks the key in the message (our exceptions mask it already; this covers any other).
     :param summary: the watch's figures for the task's log, as for :func:`success_event`.
     """
@@ -95,6 +341,9 @@ def error_event(
     }
     if isinstance(error, BananaTimeoutError):
         payload["timeout"] = error.timeout
+    if isinstance(error, BananaOutputsNotStorableError):
+        redact = redactor or Redactor(None)
+        payload["problems"] = [[redact(path), reason] for path, reason in error.problems]
     return payload
 
 
@@ -115,14 +364,19 @@ def event_summary(event: Any) -> str:
     return f"{elapsed:.1f} s after its Start, Checks from the triggerer: {checks}"
 
 
-def outputs_from_event(event: Any) -> tuple[str, list[Any]]:
+def outputs_from_event(event: Any) -> tuple[str, EventOutputs]:
     """
-    Return ``(call_id, model_outputs)`` from a trigger event payload, or raise what it reports.
+    Return ``(call_id, outputs)`` from a trigger event payload, or raise what it reports.
+
+    ``outputs`` is the ``modelOutputs`` list when the event carries it; an :class:`OutputsOnServer`
+    when they were too large for it (fetch them: :meth:`OutputsOnServer.outputs_from_check`); an
+    :class:`OutputsWritten` when the trigger wrote them to ``output_path``.
 
     :param event: the payload handed to ``execute_complete``.
     :raises BananaError: a missing or malformed event, or an unknown status.
     :raises BananaCallError: the call failed (:class:`BananaCallNotFoundError` if unknown).
     :raises BananaTimeoutError: the deadline passed.
+    :raises BananaOutputsNotStorableError: the call finished with outputs Airflow cannot store.
     """
     if not isinstance(event, Mapping):
         raise BananaError(f"Expected a Banana trigger event (a dict), got {event!r}")
@@ -137,13 +391,26 @@ def outputs_from_event(event: Any) -> tuple[str, list[Any]]:
         raise BananaError(f"Banana trigger event without a call id: {event!r}")
     if status is EventStatus.FINISHED:
         outputs = event.get("model_outputs")
-        if not isinstance(outputs, list):
-            raise BananaError(f"Banana trigger event for call {call_id} reports success without model_outputs")
-        return call_id, outputs
+        if isinstance(outputs, list):
+            return call_id, outputs
+        if outputs is None and "outputs_sha256" in event:
+            digest = OutputsDigest.from_event(event, f"call {call_id}")
+            path = event.get("output_path")
+            if path is None:
+                return call_id, OutputsOnServer(call_id, digest)
+            if isinstance(path, str) and path:
+                return call_id, OutputsWritten(path, digest)
+            raise BananaError(f"Banana trigger event for call {call_id}: output_path is not a URI: {path!r}")
+        raise BananaError(f"Banana trigger event for call {call_id} reports success without model_outputs")
     if status is EventStatus.FAILED:
         raise call_error(message or "failed (no message)", call_id)
     if status is EventStatus.TIMEOUT:
         timeout = event.get("timeout")
         timeout = float(timeout) if isinstance(timeout, (int, float)) else 0.0
         raise BananaTimeoutError(call_id, timeout, message or None)
+    if status is EventStatus.NOT_STORABLE:
+        problems = event.get("problems")
+        if not isinstance(problems, list) or not all(isinstance(p, list) and len(p) == 2 for p in problems):
+            problems = [["(unknown)", message or "no details in the event"]]
+        raise BananaOutputsNotStorableError([(str(p[0]), str(p[1])) for p in problems], call_id=call_id)
     raise BananaError(f"Waiting for Banana call {call_id} failed: {message}")

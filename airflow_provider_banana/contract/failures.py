@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from airflow_provider_banana.contract._text import describe_error, shorten
 from airflow_provider_banana.contract.wire import START
 from airflow_provider_banana.exceptions import (
+    BananaCertificateError,
     BananaConfigError,
     BananaConnectError,
     BananaResponseLostError,
@@ -15,6 +16,7 @@ from airflow_provider_banana.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from airflow_provider_banana.contract.network import BananaNetwork
     from airflow_provider_banana.redact import Redactor
 
 
@@ -23,6 +25,10 @@ class TransportFailure(enum.Enum):
 
     #: Refused, DNS failure, TLS handshake failure: nothing reached the server.
     CONNECT = "could not connect"
+    #: The proxy refused the connection, was unreachable, or would not open a tunnel: nothing was sent.
+    PROXY = "could not connect through the proxy"
+    #: The server's TLS certificate failed verification: nothing was sent, and a retry fails alike.
+    UNTRUSTED_CERTIFICATE = "the server's TLS certificate is not trusted"
     #: No connection within the connect timeout: nothing reached the server.
     CONNECT_TIMEOUT = "timed out connecting"
     #: No free connection in the client's own pool: nothing was sent.
@@ -35,7 +41,27 @@ class TransportFailure(enum.Enum):
     OTHER = "failed"
 
 
-_NOT_SENT = {TransportFailure.CONNECT, TransportFailure.CONNECT_TIMEOUT, TransportFailure.POOL_TIMEOUT}
+_NOT_SENT = {
+    TransportFailure.CONNECT,
+    TransportFailure.PROXY,
+    TransportFailure.UNTRUSTED_CERTIFICATE,
+    TransportFailure.CONNECT_TIMEOUT,
+    TransportFailure.POOL_TIMEOUT,
+}
+
+#: What every error of a Start that the server may have taken says, in one place: a lost answer, a
+#: garbled or oversized reply, a 5xx that is not a refusal. A person reads the same words each time.
+START_MAY_BE_TAKEN = "the Start may have been taken and billed, so it is not sent again"
+
+
+def note_start_taken(endpoint: str, text: str) -> str:
+    """
+    Return ``text``, followed by :data:`START_MAY_BE_TAKEN` when it is about a Start.
+
+    :param endpoint: :data:`START` or :data:`CHECK` (a Check is free, so it is said of a Start only).
+    :param text: the error's words.
+    """
+    return f"{text}; {START_MAY_BE_TAKEN}" if endpoint == START else text
 
 
 def transport_error(
@@ -45,6 +71,7 @@ def transport_error(
     detail: str = "",
     call_id: str | None = None,
     redactor: Redactor | None = None,
+    network: BananaNetwork | None = None,
 ) -> BananaTransportError:
     """
     Return our exception for a transport failure.
@@ -55,15 +82,45 @@ def transport_error(
         header line, say), so the key is masked in them.
     :param call_id: the call a Check was about.
     :param redactor: masks the key in ``detail``.
+    :param network: how the request went: names the proxy and the trusted CAs in the text, and masks
+        the proxy's credentials in ``detail``.
     """
+    if detail and network is not None:
+        detail = network.scrub(detail)
     if detail and redactor is not None:
         detail = redactor(detail)
-    text = failure.value + (f" ({shorten(detail)})" if detail else "")
+    if failure is TransportFailure.UNTRUSTED_CERTIFICATE:
+        return untrusted_certificate(detail, endpoint=endpoint, call_id=call_id, network=network)
+    what = failure.value
+    if failure is TransportFailure.PROXY and network is not None and network.proxy is not None:
+        what = f"{what} {network.proxy_shown} (from {network.proxy_source})"
+    text = what + (f" ({shorten(detail)})" if detail else "")
     if failure in _NOT_SENT:
         return BananaConnectError(text, endpoint=endpoint, call_id=call_id)
-    if endpoint == START:
-        text += "; the Start may have been taken and billed, so it is not sent again"
-    return BananaResponseLostError(text, endpoint=endpoint, call_id=call_id)
+    return BananaResponseLostError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)
+
+
+def untrusted_certificate(
+    detail: str, *, endpoint: str, call_id: str | None = None, network: BananaNetwork | None = None
+) -> BananaCertificateError:
+    """
+    Return the error for a server whose TLS certificate failed verification, with what to do about it.
+
+    Nothing was sent, and the same certificate would fail again: never retried (see :mod:`.retries`).
+
+    :param detail: the verification's own words (``certificate verify failed: ...``).
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param call_id: the call a Check was about.
+    :param network: which CA certificates were trusted.
+    """
+    trusted = network.trusted() if network is not None else "the default CA bundle"
+    return BananaCertificateError(
+        f"{TransportFailure.UNTRUSTED_CERTIFICATE.value} ({shorten(detail)}); nothing was sent, and it is not "
+        f"retried. Trusted now: {trusted}. If a private CA signed the server's certificate, set the connection "
+        "extra 'ca_bundle' (or REQUESTS_CA_BUNDLE or SSL_CERT_FILE in the environment) to its PEM file",
+        endpoint=endpoint,
+        call_id=call_id,
+    )
 
 
 def unusable_url(detail: str, *, redactor: Redactor | None = None) -> BananaConfigError:
@@ -84,7 +141,12 @@ def unusable_url(detail: str, *, redactor: Redactor | None = None) -> BananaConf
 
 
 def unexpected_transport_error(
-    error: BaseException, *, endpoint: str, call_id: str | None = None, redactor: Redactor | None = None
+    error: BaseException,
+    *,
+    endpoint: str,
+    call_id: str | None = None,
+    redactor: Redactor | None = None,
+    network: BananaNetwork | None = None,
 ) -> BananaTransportError:
     """
     Return our exception for anything else the HTTP library raised while sending or reading.
@@ -96,7 +158,13 @@ def unexpected_transport_error(
     :param endpoint: :data:`START` or :data:`CHECK`.
     :param call_id: the call a Check was about.
     :param redactor: masks the key in the library's words.
+    :param network: masks the proxy's credentials in the library's words.
     """
     return transport_error(
-        TransportFailure.OTHER, endpoint=endpoint, detail=describe_error(error), call_id=call_id, redactor=redactor
+        TransportFailure.OTHER,
+        endpoint=endpoint,
+        detail=describe_error(error),
+        call_id=call_id,
+        redactor=redactor,
+        network=network,
     )

@@ -87,8 +87,8 @@ class RequestBudget(NamedTuple):
     """
     The time limits of one request, as :meth:`BananaTimeouts.for_request` sets them.
 
-    :param connect: seconds to open a connection.
-    :param total: seconds from sending the request to the last byte of its answer.
+    :ivar connect: seconds to open a connection.
+    :ivar total: seconds from sending the request to the last byte of its answer.
     """
 
     connect: float

@@ -13,6 +13,11 @@ from typing import Any, ClassVar, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_banana.contract._text import excerpt, server_text, shorten, size_text
+from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, JsonTooDeepError, load_json
+from airflow_provider_banana.contract.failures import note_start_taken
+from airflow_provider_banana.contract.retries import start_refused
+from airflow_provider_banana.contract.stepwise import loads_in_steps
+from airflow_provider_banana.contract.validation import MAX_SECONDS
 from airflow_provider_banana.contract.wire import CHECK, START
 from airflow_provider_banana.exceptions import (
     BananaCallError,
@@ -103,7 +108,11 @@ BananaResult: TypeAlias = BananaRunning | BananaFinished
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """
-    Return the seconds a ``Retry-After`` header asks for, or ``None`` if absent or unreadable.
+    Return the seconds a valid ``Retry-After`` header asks for, or ``None`` if absent or invalid.
+
+    Valid is what RFC 9110 allows: delta-seconds (ASCII digits only, so not ``-5``, ``1.5`` or
+    ``inf``) or an HTTP date (one in the past asks for 0 s). Validity matters: a 503 is taken as
+    a refusal of a Start, which may be sent again, only when it carries a valid one.
 
     :param value: the header: delta-seconds or an HTTP date.
     :param now: the current Unix time, for HTTP dates (default: the clock).
@@ -111,15 +120,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_SECONDS)  # float("9" * 400) is inf: bounded, still valid
     try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value).timestamp()
-        except Exception:  # a hostile header may break the date parser in any way: ignore it
-            return None
-        seconds = when - (time.time() if now is None else now)
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+        when = parsedate_to_datetime(value).timestamp()
+    except Exception:  # a hostile header may break the date parser in any way: ignore it
+        return None
+    seconds = when - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_SECONDS) if math.isfinite(seconds) else None
 
 
 def is_error_message(message: str) -> bool:
@@ -131,17 +139,33 @@ def is_error_message(message: str) -> bool:
     return "error" in message.lower()
 
 
-def call_error(message: str, call_id: str | None) -> BananaCallError:
+def is_key_refused(message: str) -> bool:
+    """
+    Return whether a failure ``message`` says the server refused the API key ("error: invalid apiKey").
+
+    :param message: Banana's ``message`` (contains "error").
+    """
+    return "apikey" in "".join(message.lower().split()).replace("_", "").replace("-", "")
+
+
+def call_error(message: str, call_id: str | None, conn_id: str | None = None) -> BananaCallError:
     """
     Return the exception for a ``message`` that reports a failure.
 
     :param message: Banana's ``message`` (contains "error").
     :param call_id: the call it is about, if known.
+    :param conn_id: the Airflow connection the request used, named when the server refused its key.
     """
     # The recorded form: "inference server error: taskID does not exist: task_...". It is terminal:
     # the call is unknown, expired, or was lost when the server restarted.
     if "does not exist" in message.lower():
         return BananaCallNotFoundError(message, call_id=call_id)
+    if conn_id is not None and is_key_refused(message):
+        # The server's text says "apiKey"; the person fixing it edits an Airflow connection.
+        message = (
+            f"{message} (the server refused the API key: check the API key, the Password field, "
+            f"of Airflow connection {conn_id!r})"
+        )
     return BananaCallError(message, call_id=call_id)
 
 
@@ -163,10 +187,41 @@ def _parse_int(digits: str) -> int:
     return int(digits) if len(digits) < _INT_DIGITS_GUARD else int(decimal.Decimal(digits))
 
 
-def _load_json(content: bytes) -> Any:
+def _load_json(content: bytes, *, in_steps: bool = False) -> Any:
     # Bytes, not text: json detects UTF-8/16/32 and skips a byte-order mark (RFC 8259 allows one);
-    # invalid UTF-8 is an error rather than U+FFFD silently written into a result.
-    return json.loads(content, parse_int=_parse_int)
+    # invalid UTF-8 is an error rather than U+FFFD silently written into a result. Nesting past
+    # MAX_JSON_DEPTH is refused before parsing, so the outcome never depends on the caller's stack.
+    if in_steps:
+        return loads_in_steps(content, parse_int=_parse_int)
+    return load_json(content, parse_int=_parse_int)
+
+
+# Digits become "0", exponent letters "e", signs "s": a number's shape, found by fast substring search.
+_NUMBER_SHAPES = bytes.maketrans(b"0123456789eE+-", b"0000000000eess")
+# Bytes looked through in one call, so that a thread doing it lets the event loop run between two.
+_SCAN_STEP = 1024 * 1024
+
+
+def may_hold_non_finite(raw: bytes) -> bool:
+    """
+    Return whether a JSON body may parse to NaN or Infinity somewhere; ``False`` is certain.
+
+    Python's parser gives them for the tokens ``NaN``, ``Infinity``, ``-Infinity``, and for a number
+    too large for a float, whose exponent then has three digits or whose digits run 200 long (no
+    two-digit exponent reaches 1e309 from fewer). None of these in the bytes, none in the value, and
+    :func:`non_finite_paths` need not walk a million records to find nothing. Strings may hold them
+    too: then the answer is ``True`` and the walk decides.
+
+    :param raw: the reply's body.
+    """
+    for start in range(0, len(raw), _SCAN_STEP):
+        chunk = raw[start : start + _SCAN_STEP + 256]  # overlapping: a token cut in two is still seen
+        if b"NaN" in chunk or b"Infinity" in chunk:
+            return True
+        shapes = chunk.translate(_NUMBER_SHAPES)
+        if b"e000" in shapes or b"es000" in shapes or b"0" * 200 in shapes:
+            return True
+    return False
 
 
 def non_finite_paths(outputs: Any, *, limit: int = 10) -> list[str]:
@@ -180,18 +235,38 @@ def non_finite_paths(outputs: Any, *, limit: int = 10) -> list[str]:
     :param outputs: the parsed ``modelOutputs``.
     :param limit: most paths to return.
     """
+    if not isinstance(outputs, (list, dict)):
+        return ["(the whole value)"] if isinstance(outputs, float) and not math.isfinite(outputs) else []
     found: list[str] = []
-    stack: list[tuple[str, Any]] = [("", outputs)]
-    while stack and len(found) < limit:
-        path, value = stack.pop()
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                found.append(path or "(the whole value)")
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
-        elif isinstance(value, dict):
-            stack.extend((f"{path}[{json.dumps(key)}]", item) for key, item in reversed(list(value.items())))
+    # One iterator per open container and the key that leads to it; a path is spelled only for a
+    # value found. Nothing is made per element: a walk that made a tuple for each of a million
+    # values kept them all alive at once, and Python's collector stalled every thread to scan them.
+    keys: list[Any] = []
+    stack: list[Any] = [_members(outputs)]
+    while stack:
+        for key, value in stack[-1]:
+            if isinstance(value, float):
+                if not math.isfinite(value):
+                    found.append("".join(_path_step(k) for k in (*keys, key)))
+                    if len(found) >= limit:
+                        return found
+            elif isinstance(value, (list, dict)):
+                keys.append(key)
+                stack.append(_members(value))
+                break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
     return found
+
+
+def _members(container: list[Any] | dict[str, Any]) -> Any:
+    return enumerate(container) if isinstance(container, list) else iter(container.items())
+
+
+def _path_step(key: int | str) -> str:
+    return f"[{key}]" if isinstance(key, int) else f"[{json.dumps(key)}]"
 
 
 def redirect_target(location: str | None, url: str) -> str:
@@ -227,9 +302,7 @@ def reply_too_large(endpoint: str, limit: int, *, call_id: str | None = None) ->
         f"the reply is larger than max_reply_bytes ({size_text(limit)}), so it was not read to the end; "
         "if the model's outputs really are that large, raise 'max_reply_bytes' in the connection's extra"
     )
-    if endpoint == START:
-        text += "; the Start may have been taken and billed, so it is not sent again"
-    return BananaReplyTooLargeError(text, endpoint=endpoint, call_id=call_id, limit=limit)
+    return BananaReplyTooLargeError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id, limit=limit)
 
 
 def undecodable_reply(endpoint: str, detail: str, *, call_id: str | None = None) -> BananaProtocolError:
@@ -241,9 +314,7 @@ def undecodable_reply(endpoint: str, detail: str, *, call_id: str | None = None)
     :param call_id: the call a Check was about.
     """
     text = f"the reply's compressed body could not be decoded ({shorten(detail)})"
-    if endpoint == START:
-        text += "; the Start may have been taken and billed, so it is not sent again"
-    return BananaProtocolError(text, endpoint=endpoint, call_id=call_id)
+    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)
 
 
 def parse_reply(
@@ -258,6 +329,8 @@ def parse_reply(
     secret: str | None = None,
     redactor: Redactor | None = None,
     truncated: bool = False,
+    conn_id: str | None = None,
+    in_steps: bool = False,
 ) -> BananaResult:
     """
     Parse and classify one reply with the decision table of BANANA_API.md.
@@ -276,6 +349,10 @@ def parse_reply(
     :param redactor: a :class:`Redactor` of the key, made once by the caller.
     :param truncated: ``content`` is only the start of the body (an error reply is read no further
         than its message needs).
+    :param conn_id: the Airflow connection the request used: an error names it when the server
+        refused the API key.
+    :param in_steps: parse in short steps (see :mod:`.stepwise`): slower in all, but a thread doing
+        it never holds the GIL long, so an event loop in the same process keeps running.
     :return: the result of a call that is running or finished.
     :raises BananaHTTPError: a status other than 200 (rule 1), a redirect included: redirects are
         never followed, since the body they would re-send carries the key.
@@ -289,9 +366,11 @@ def parse_reply(
     if status_code != 200:
         raise _http_error(endpoint, status_code, raw, redact, retry_after, location, url, call_id, truncated)
     try:
-        body = _load_json(raw)
+        body = _load_json(raw, in_steps=in_steps)
     except (ValueError, RecursionError) as e:
-        what = "too deeply nested" if isinstance(e, RecursionError) else "not JSON"
+        # RecursionError only if the interpreter's recursion limit was set below MAX_JSON_DEPTH.
+        deep = isinstance(e, (JsonTooDeepError, RecursionError))
+        what = f"too deeply nested (more than {MAX_JSON_DEPTH} levels of arrays and objects)" if deep else "not JSON"
         shown = excerpt(raw, redact, truncated=truncated) or "(empty body)"
         raise _protocol_error(endpoint, f"the reply is {what}: {shown}", call_id) from None
     if not isinstance(body, dict):
@@ -314,7 +393,7 @@ def parse_reply(
     api_version = body.get("apiVersion")
     api_version = server_text(api_version, redact, 80) if isinstance(api_version, str) else None
     if is_error_message(message):
-        raise call_error(server_text(message, redact), call_id)
+        raise call_error(server_text(message, redact), call_id, conn_id)
     finished = body.get("finished") is True if endpoint == START else message.strip().lower() == "success"
     message = server_text(message, redact)
     if not finished:
@@ -327,7 +406,7 @@ def parse_reply(
         model_outputs=outputs,
         message=message,
         api_version=api_version,
-        non_finite=tuple(non_finite_paths(outputs)),
+        non_finite=tuple(non_finite_paths(outputs)) if may_hold_non_finite(raw) else (),
     )
 
 
@@ -345,9 +424,7 @@ def _check_call_id(call_id: str, redact: Redactor) -> None:
 
 
 def _protocol_error(endpoint: str, text: str, call_id: str | None) -> BananaProtocolError:
-    if endpoint == START:
-        text += "; the Start may have been taken and billed, so it is not sent again"
-    return BananaProtocolError(text, endpoint=endpoint, call_id=call_id, status_code=200)
+    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id, status_code=200)
 
 
 def _http_error(
@@ -375,12 +452,20 @@ def _http_error(
         else:
             shown = excerpt(raw, redact, truncated=truncated)
             detail += f": {shown}" if shown else ""
+    seconds = parse_retry_after(retry_after)
+    refused = endpoint == START and start_refused(status_code, seconds)
+    if refused:
+        detail += "; the server refused the Start without taking it, so it may be sent again"
+    elif status_code >= 500:
+        # A gateway answers 5xx after it forwarded the Start too: it may have run, and be billed.
+        detail = note_start_taken(endpoint, detail)
     return BananaHTTPError(
         detail,
         endpoint=endpoint,
         status_code=status_code,
         call_id=call_id,
-        retry_after=parse_retry_after(retry_after),
+        retry_after=seconds,
+        request_sent=False if refused else None,
     )
 
 

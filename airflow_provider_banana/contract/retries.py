@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_banana.contract.validation import validate_count, validate_seconds
 from airflow_provider_banana.contract.wire import CHECK, START
 from airflow_provider_banana.exceptions import (
+    BananaCertificateError,
     BananaConnectError,
     BananaHTTPError,
     BananaProtocolError,
@@ -22,8 +23,20 @@ if TYPE_CHECKING:
     import tenacity
 
 
-#: HTTP statuses that prove a Start was refused before processing, so it may be sent again.
-_START_RETRY_STATUSES = frozenset({429, 503})
+def start_refused(status_code: int | None, retry_after: float | None) -> bool:
+    """
+    Return whether an HTTP status proves that the server refused a Start without taking it.
+
+    Only the server's own "come back later" proves it: ``429 Too Many Requests`` (with or without
+    ``Retry-After``), and ``503 Service Unavailable`` *with* a valid ``Retry-After``. A bare 503,
+    like every other 5xx (500, 502, 504 ...), is what a gateway (Envoy, Istio, an ingress) answers
+    when the app failed or the connection broke *after* the Start was forwarded to it ("upstream
+    connect error or disconnect/reset before headers"): the Start may have been taken and billed.
+
+    :param status_code: the reply's HTTP status.
+    :param retry_after: the seconds its valid ``Retry-After`` asked for, or ``None`` if it gave none.
+    """
+    return status_code == 429 or (status_code == 503 and retry_after is not None)
 
 
 def is_retryable(error: BaseException, endpoint: str) -> bool:
@@ -31,13 +44,15 @@ def is_retryable(error: BaseException, endpoint: str) -> bool:
     Return whether a request that raised ``error`` may be sent again.
 
     Check is idempotent: connection failures, lost answers, garbled bodies, 5xx and 429 are retried.
-    Start is billed per call: it is retried only where the request provably was not taken
-    (no connection, or 429/503 answered before processing), never after it was sent and the
-    answer lost. A failed inference (:class:`BananaCallError`) is never retried here.
+    Start is billed per call: it is sent again only where it provably was not taken: no connection,
+    or a refusal (:func:`start_refused`: 429, or 503 with ``Retry-After``); never after a lost
+    answer or any other 5xx. A failed inference (:class:`BananaCallError`) is never retried here.
 
     :param error: what the request raised.
     :param endpoint: :data:`START` or :data:`CHECK`.
     """
+    if isinstance(error, BananaCertificateError):  # nothing was sent, but the same certificate fails again
+        return False
     if isinstance(error, BananaConnectError):
         return True
     if isinstance(error, BananaReplyTooLargeError):  # the same request would bring the same reply
@@ -45,7 +60,7 @@ def is_retryable(error: BaseException, endpoint: str) -> bool:
     if isinstance(error, BananaHTTPError):
         status = error.status_code or 0
         if endpoint == START:
-            return status in _START_RETRY_STATUSES
+            return start_refused(status, error.retry_after)
         return status == 429 or status >= 500
     if isinstance(error, (BananaResponseLostError, BananaProtocolError)):
         return endpoint == CHECK
@@ -79,14 +94,19 @@ class BananaRetryPolicy:
         """
         Return the pause before attempt ``attempt + 1``.
 
+        The backoff is ``initial_delay * 2 ** (attempt - 1)`` plus jitter. A ``Retry-After`` the
+        error carries lengthens the pause, never shortens it: ``Retry-After: 0`` (or a date in the
+        past) still waits the backoff, so that a server cannot make every attempt go out at once.
+        Either way the pause is at most ``max_delay``.
+
         :param attempt: the number of the attempt that just failed, from 1.
         :param error: what it raised; a ``Retry-After`` it carries is honoured.
         """
+        backoff = min(self.initial_delay * 2 ** (attempt - 1) + random.uniform(0, self.jitter), self.max_delay)
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            return min(float(retry_after), self.max_delay)
-        backoff = self.initial_delay * 2 ** (attempt - 1) + random.uniform(0, self.jitter)
-        return min(backoff, self.max_delay)
+            return min(max(float(retry_after), backoff), self.max_delay)
+        return backoff
 
     def tenacity_kwargs(
         self,

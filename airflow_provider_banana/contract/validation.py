@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, JsonTooDeepError, load_json, value_depth
 from airflow_provider_banana.exceptions import (
     BananaConfigError,
 )
@@ -75,6 +76,26 @@ def validate_base_url(base_url: str | None) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def validate_extra(extra: Any, conn_id: str | None = None) -> dict[str, Any]:
+    """
+    Return a connection's extra as a dict (none at all is an empty one), or raise if it is not one.
+
+    :param extra: the connection's extra, parsed (``Connection.extra_dejson``).
+    :param conn_id: the connection's id, for the message.
+    :raises BananaConfigError: a JSON list, number, string or boolean instead of an object. Its
+        content is not echoed: an extra may hold credentials (a proxy's, say).
+    """
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        kind = {bool: "boolean", int: "number", float: "number", str: "string", list: "list"}.get(type(extra), "value")
+        which = f"The extra of Banana connection {conn_id!r}" if conn_id else "The Banana connection's extra"
+        raise BananaConfigError(
+            f'{which} must be a JSON object (for example {{"model_key": "my-model"}}), got a JSON {kind}'
+        )
+    return dict(extra)
+
+
 def validate_model_key(model_key: str | None) -> str:
     """
     Return the model key, or raise if there is none.
@@ -92,13 +113,21 @@ def validate_model_inputs(model_inputs: Any) -> dict[str, Any]:
     Return model inputs as a dict that is valid JSON, or raise naming the problem.
 
     :param model_inputs: a mapping, or a string holding a JSON object (what a template renders to).
-    :raises BananaConfigError: a string that is not JSON, or JSON that is not an object.
+    :raises BananaConfigError: a string that is not JSON, JSON that is not an object, or inputs
+        nested more than ``MAX_JSON_DEPTH`` (512) levels deep (or that contain themselves).
     :raises TypeError: a value that is neither a mapping nor a string, or that JSON cannot hold
         (a datetime, a set, NaN ...).
     """
+    too_deep = (
+        f"model_inputs nest more than {MAX_JSON_DEPTH} levels of objects and arrays deep (or contain "
+        "themselves), past the provider's limit for JSON; nothing was sent"
+    )
     if isinstance(model_inputs, (str, bytes)):
+        document = model_inputs.encode("utf-8", "surrogatepass") if isinstance(model_inputs, str) else model_inputs
         try:
-            model_inputs = json.loads(model_inputs)
+            model_inputs = load_json(document)
+        except JsonTooDeepError:
+            raise BananaConfigError(too_deep) from None
         except ValueError as e:
             raise BananaConfigError(f"model_inputs is a string but not valid JSON: {e}") from e
         if not isinstance(model_inputs, dict):
@@ -106,10 +135,16 @@ def validate_model_inputs(model_inputs: Any) -> dict[str, Any]:
     if not isinstance(model_inputs, Mapping):
         raise TypeError(f"model_inputs must be a dict (or a JSON object string), got {type(model_inputs).__name__}")
     model_inputs = dict(model_inputs)
+    # Measured without recursion first: json.dumps recurses once per level, so 100,000 levels would
+    # raise a bare RecursionError, and a depth near the limit would pass or fail with the stack.
+    if value_depth(model_inputs) > MAX_JSON_DEPTH:
+        raise BananaConfigError(too_deep)
     try:
         json.dumps(model_inputs, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TypeError(f"model_inputs cannot be sent as JSON: {e}") from e
+    except RecursionError:  # only from a caller whose own stack is already near the limit
+        raise BananaConfigError(too_deep) from None
     return model_inputs
 
 

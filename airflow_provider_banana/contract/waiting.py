@@ -31,6 +31,20 @@ DEFAULT_POLL_INTERVAL = 5.0
 PROGRESS_EVERY = 50.0
 
 
+def time_left(seconds: float, *, estimate: bool = False) -> str:
+    """
+    Return how a log line says the time left: "12 s left", "under 1 s left", never "-0 s left".
+
+    :param seconds: the seconds left (negative once a deadline passed).
+    :param estimate: the figure is a guess from a rate: "about 12 s left".
+    """
+    if seconds <= 0:
+        return "no time left"
+    if seconds < 1:
+        return "under 1 s left"
+    return f"{'about ' if estimate else ''}{seconds:.0f} s left"
+
+
 @dataclass(frozen=True)
 class WaitStep:
     """
@@ -166,12 +180,12 @@ class CallWaiter:
             line = ("Banana call %s is %s after %.1f s", self.call_id, status, now - self.started_at)
         elif now - self.last_logged >= PROGRESS_EVERY:
             line = (
-                "Banana call %s is still %s after %.1f s (Checks: %d; %.0f s left before the deadline)",
+                "Banana call %s is still %s after %.1f s (Checks: %d; %s before the deadline)",
                 self.call_id,
                 status,
                 now - self.started_at,
                 self.checks,
-                self.deadline - now,
+                time_left(self.deadline - now),
             )
         if line is not None:
             self.last_logged = now

@@ -60,6 +60,10 @@ Command line
     and admin changes. Request bodies are never logged.
 ``--access-log``
     Turn on uvicorn's per-request access log (off by default: it costs CPU under load).
+``--keep-alive-timeout SECONDS``
+    Close a connection that sends nothing for this long, before its first request or
+    between two (default 20: longer than aiohttp's own 15 s, so that the client, not the
+    server, closes a connection it might be about to reuse). A held request is not idle.
 ``--backlog N``, ``--http {auto,httptools,h11}``, ``--loop {auto,uvloop,asyncio}``
     Server tuning; ``auto`` prefers httptools and uvloop when installed.
 
@@ -89,6 +93,13 @@ Every reply is HTTP 200 JSON with ``id`` (the request's, or a fresh uuid),
   modelKey: ``message`` like ``error: invalid apiKey``, ``error: invalid JSON body``,
   ``error: missing field 'callID'``, ``error: unknown modelKey 'x'``, with
   ``callID ""``, ``finished false``, ``modelOutputs null``.
+- A string holding a lone UTF-16 surrogate (JSON ``"\\ud800"``, which is no text) anywhere
+  in the body: ``error: invalid JSON body: field 'apiKey' holds a lone UTF-16 surrogate ...``
+  (or ``a string in the body`` for the inputs); an ``id`` longer than 256 characters:
+  ``error: field 'id' is N characters long, longer than the 256 allowed``. An ``id`` that
+  cannot be echoed (too long, or the surrogate's field) is replaced by a fresh one; nothing
+  is started. A model's output that holds a lone surrogate is passed on escaped
+  (``\\ud800``), exactly as the model sent it.
 
 Built-in models
 ===============
@@ -111,6 +122,9 @@ Built-in models
     ``{"key": "k", "fail_times": 2, "seconds": 0}``: the first ``fail_times``
     calls for a key fail, later ones succeed with ``{"key": "k", "attempt": n}``.
     Counters last for the process (an admin reset clears them).
+``bytes``
+    ``{"size": 1048576, "seed": "a", "seconds": 0}`` → ``{"data": "<size characters>"}``, the
+    way an image model replies (a string of megabytes); the text repeats the seed's sha256 in hex.
 
 Except ``fail`` and ``model-error``, which take anything, the built-in models fail
 a call whose ``modelInputs`` is not a JSON object. An external ``--model`` with a

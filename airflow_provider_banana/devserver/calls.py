@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_banana.devserver.protocol import new_call_id
+from airflow_provider_banana.devserver.protocol import encode, new_call_id
 
 if TYPE_CHECKING:
     from airflow_provider_banana.devserver.stats import Gauge, Stats
@@ -60,19 +60,31 @@ class Call:
     finished_at: float | None = None
     # Set when the call was dropped by a forget; its holders answer as if it never finished.
     forgotten: bool = False
+    # What it counts against the cap on held bytes: its request body until it settles, then its
+    # encoded outputs for as long as they are kept.
+    held_bytes: int = 0
     waiters: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
 
 
 class CallRegistry:
     """Own every live call, keep results for the TTL, and let requests wait for a result.
 
+    The bytes it holds are capped (``max_held_bytes``): the request bodies of the calls that have
+    not settled and the encoded outputs of those kept for the TTL. Room is made by dropping the
+    oldest finished results before their TTL ends, each with a warning in the log (a Check for one
+    then answers "taskID does not exist", as after the TTL); when that is not enough, a new Start
+    is refused (see :meth:`admit`) and outputs that cannot be kept fail their call.
+
     :param stats: counters to keep in step with state changes.
     :param result_ttl: returns the current TTL in seconds (it may change at run time).
+    :param max_held_bytes: the cap; 0 for none.
     """
 
-    def __init__(self, stats: Stats, result_ttl: Callable[[], float]) -> None:
+    def __init__(self, stats: Stats, result_ttl: Callable[[], float], max_held_bytes: int = 0) -> None:
         self._stats = stats
         self._result_ttl = result_ttl
+        self.max_held_bytes = max_held_bytes
+        self.held_bytes = 0
         self._calls: dict[str, Call] = {}
         # Settled calls in the order they settled. One TTL applies to all, so
         # this is also expiry order and the sweeper only ever looks at the left end.
@@ -97,14 +109,25 @@ class CallRegistry:
             await asyncio.gather(self._sweeper, return_exceptions=True)
             self._sweeper = None
 
-    def create(self, model_key: str, inputs: Any) -> Call:
+    def admit(self, size: int) -> bool:
+        """Tell whether a Start whose body is ``size`` bytes may start a call, making room for it.
+
+        :param size: the request body's length.
+        :return: False when even without the results kept, the calls not yet settled and this one
+            would pass ``max_held_bytes``: the Start must be refused.
+        """
+        return self._make_room(size)
+
+    def create(self, model_key: str, inputs: Any, size: int = 0) -> Call:
         """Register a new queued call.
 
         :param model_key: the model that will run it.
         :param inputs: the request's ``modelInputs``.
+        :param size: the request body's length, counted against ``max_held_bytes`` until it settles.
         :return: the call, not yet handed to a worker.
         """
-        call = Call(call_id=new_call_id(), model_key=model_key, inputs=inputs)
+        call = Call(call_id=new_call_id(), model_key=model_key, inputs=inputs, held_bytes=size)
+        self.held_bytes += size
         self._calls[call.call_id] = call
         self._stats.starts_taken += 1
         self._stats.per_model[model_key].starts_taken += 1
@@ -121,7 +144,7 @@ class CallRegistry:
         """
         call = self._calls.get(call_id)
         if call is not None and self._expired(call, time.monotonic()):
-            del self._calls[call_id]
+            self._drop(call)
             log.debug("Call %s expired", call_id)
             return None
         return call
@@ -146,10 +169,23 @@ class CallRegistry:
         :param call: a running call.
         :param output: the model's reply, any JSON.
         """
+        size = 0
+        if self.max_held_bytes:
+            size = len(encode(output))
+            self._release(call)  # its inputs: they go as it settles
+            if not self._make_room(size):
+                self.fail(
+                    call,
+                    f"error: the model's outputs are {size} bytes, and with the inputs of the calls "
+                    f"still running they would pass the server's --max-held-bytes ({self.max_held_bytes})",
+                )
+                return
         call.output = output
         self._move(call, CallState.SUCCEEDED)
         self._stats.finished += 1
         self._settle(call)
+        call.held_bytes = size
+        self.held_bytes += size
 
     def fail(self, call: Call, message: str) -> None:
         """Settle a call with an error.
@@ -215,8 +251,10 @@ class CallRegistry:
             call.forgotten = True
             for waiter in list(call.waiters):
                 _wake(waiter)
+            call.held_bytes = 0
         self._calls.clear()
         self._settled.clear()
+        self.held_bytes = 0
         log.debug("Forgot %d calls", dropped)
         return dropped
 
@@ -231,9 +269,39 @@ class CallRegistry:
             call = self._settled.popleft()
             # A lookup may have dropped it already.
             if self._calls.get(call.call_id) is call:
-                del self._calls[call.call_id]
+                self._drop(call)
                 dropped += 1
         return dropped
+
+    def _make_room(self, size: int) -> bool:
+        """Drop the oldest results kept until ``size`` more bytes fit under the cap; say if they do."""
+        cap = self.max_held_bytes
+        if not cap:
+            return True
+        now = time.monotonic()
+        while self.held_bytes + size > cap and self._settled:
+            call = self._settled.popleft()
+            if self._calls.get(call.call_id) is not call:
+                continue  # a lookup or the TTL dropped it already
+            size_dropped = call.held_bytes
+            self._drop(call)
+            log.warning(
+                "Dropped the result of call %s (%d bytes) %.0f s before its TTL ended, to keep what the "
+                "server holds under --max-held-bytes (%d); a Check for it now answers 'taskID does not exist'",
+                call.call_id,
+                size_dropped,
+                max(self._result_ttl() - (now - (call.finished_at or now)), 0.0),
+                cap,
+            )
+        return self.held_bytes + size <= cap
+
+    def _drop(self, call: Call) -> None:
+        del self._calls[call.call_id]
+        self._release(call)
+
+    def _release(self, call: Call) -> None:
+        self.held_bytes -= call.held_bytes
+        call.held_bytes = 0
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -269,6 +337,7 @@ class CallRegistry:
 
     def _settle(self, call: Call) -> None:
         call.inputs = None  # kept for the TTL otherwise, and nothing reads them any more
+        self._release(call)
         call.finished_at = time.monotonic()
         self._settled.append(call)
         for waiter in list(call.waiters):

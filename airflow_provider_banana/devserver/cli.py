@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -11,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 import uvicorn
+from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.importer import import_from_string
 
 from airflow_provider_banana.devserver.app import DropFilter, create_app
 from airflow_provider_banana.devserver.config import (
@@ -18,6 +21,8 @@ from airflow_provider_banana.devserver.config import (
     API_KEY_ENV_VAR,
     DEFAULT_BACKLOG,
     DEFAULT_CHECK_HOLD,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_HELD_BYTES,
     DEFAULT_MODEL_CONCURRENCY,
     DEFAULT_MODEL_TIMEOUT,
     DEFAULT_REPLICAS,
@@ -32,10 +37,6 @@ from airflow_provider_banana.devserver.service import BananaService
 
 log = logging.getLogger("airflow_provider_banana.devserver")
 
-# A long-held request (a 50 s long poll) is not idle, so this only governs the gap
-# between requests; longer than the clients' own idle timeouts, so the server is
-# rarely the side closing a connection a client is about to reuse.
-_KEEP_ALIVE = 65
 # On SIGTERM held requests are answered at once; this bounds anything else
 # (a delay_next fault, a slow external model) so a stop never hangs.
 _GRACEFUL_SHUTDOWN = 5
@@ -79,7 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_RESULT_TTL,
         metavar="SECONDS",
-        help="how long finished and failed results are kept (default: %(default)s)",
+        help="how long finished and failed results are kept; sooner, oldest first and with a warning in "
+        "the log, when --max-held-bytes needs the room (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-held-bytes",
+        type=parse_size_arg,
+        default=DEFAULT_MAX_HELD_BYTES,
+        metavar="BYTES",
+        help="the most bytes of inputs (of calls not finished) and outputs (of results kept) the server "
+        "holds, e.g. 268435456 or 256MiB; past it the oldest results are dropped early, and when the "
+        "inputs of running calls alone fill it, a new Start is answered with a v4 error (HTTP 200, "
+        "'error' in message); 0 for no cap (default: %(default)s, 256 MiB)",
     )
     parser.add_argument(
         "--replicas",
@@ -131,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-log", action="store_true", help="log every request (costs CPU under load)")
     parser.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog (default: %(default)s)")
     parser.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection idle this long, before its first request or between two; a held "
+        "request is not idle (default: %(default)s)",
+    )
+    parser.add_argument(
         "--http",
         default="auto",
         choices=("auto", "httptools", "h11"),
@@ -158,6 +178,24 @@ def parse_model_arg(value: str) -> tuple[str, str]:
     if not sep or not key or parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"expected KEY=http://host:port, got {value.split('=', 1)[0]!r}=…")
     return key, url.strip()
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_size_arg(value: str) -> int:
+    """Read a byte count: digits, optionally followed by a unit (``KiB``, ``MiB``, ``GiB``, ``KB``...).
+
+    :param value: the argument.
+    :return: the bytes.
+    :raises argparse.ArgumentTypeError: when it is not a whole number of a known unit.
+    """
+    text = value.strip()
+    digits = text.rstrip("bBkKmMgGiI ")
+    unit = text[len(digits) :].strip().lower()
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes such as 268435456 or 256MiB, got {value!r}")
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def parse_concurrency_arg(value: str) -> tuple[str | None, int]:
@@ -207,6 +245,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
         start_hold=args.start_hold,
         check_hold=args.check_hold,
         result_ttl=args.result_ttl,
+        max_held_bytes=args.max_held_bytes,
         replicas=args.replicas,
         external_models=dict(args.model),
         quirk_empty_message=args.quirk_empty_message,
@@ -220,6 +259,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> De
         backlog=args.backlog,
         http=args.http,
         loop=args.loop,
+        keep_alive_timeout=args.keep_alive_timeout,
     )
 
 
@@ -329,6 +369,67 @@ def log_admin_mode(mode: AdminMode, address: str) -> None:
         log.info("Admin API (/_admin/) open without a token on loopback address %s", address)
 
 
+def log_serving(config: DevServerConfig) -> None:
+    """Say once at startup which models are served and whether a client must send one API key.
+
+    :param config: the launch configuration.
+    """
+    builtin = [key for key in BUILTIN_MODEL_KEYS if key not in config.external_models]
+    # A model URL is shown without any user:password@ it may carry.
+    external = [f"{key} -> {_without_credentials(url)}" for key, url in config.external_models.items()]
+    log.info("Models served: %s", "; ".join(filter(None, [", ".join(builtin) + " (built in)", *external])))
+    if config.api_key is not None:
+        log.info("API key required: only the one in $%s is accepted (--require-api-key)", API_KEY_ENV_VAR)
+    else:
+        log.info(
+            "API key not checked: any apiKey is accepted (--require-api-key accepts only $%s)",
+            API_KEY_ENV_VAR,
+        )
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def idle_closing_protocol(http: str, seconds: float) -> type[asyncio.Protocol]:
+    """Return uvicorn's HTTP protocol ``http``, closing a connection that sends nothing for ``seconds``.
+
+    uvicorn starts its keep-alive timer only when a response is complete, so a connection that
+    never sends a request would stay open for ever (thousands of them, from a client that opens a
+    pool it never uses, or from anyone). The timer stops at the first byte; from then on uvicorn's
+    own keep-alive timer governs the gaps between requests.
+
+    :param http: ``auto``, ``httptools`` or ``h11``.
+    :param seconds: how long a connection may stay silent before its first request.
+    """
+    base: type[asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[http])
+
+    class IdleClosingProtocol(base):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._first_request_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                seconds, transport.close
+            )
+
+        def data_received(self, data: bytes) -> None:
+            self._stop_first_request_timer()
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_first_request_timer()
+            super().connection_lost(exc)
+
+        def _stop_first_request_timer(self) -> None:
+            timer, self._first_request_timer = getattr(self, "_first_request_timer", None), None
+            if timer is not None:
+                timer.cancel()
+
+    return IdleClosingProtocol
+
+
 def serve(config: DevServerConfig, sock: socket.socket) -> None:
     """Run the server until SIGINT or SIGTERM.
 
@@ -342,10 +443,11 @@ def serve(config: DevServerConfig, sock: socket.socket) -> None:
     host = f"[{config.host}]" if ":" in config.host else config.host
     mode = admin_mode(address, config.admin_token)
     log_admin_mode(mode, address)
+    log_serving(config)
     service = BananaService(config)
     uv_config = uvicorn.Config(
         create_app(service, admin=mode, admin_token=config.admin_token if mode == "token" else None),
-        http=config.http,
+        http=idle_closing_protocol(config.http, config.keep_alive_timeout),
         loop=config.loop,
         ws="none",
         lifespan="on",
@@ -354,7 +456,8 @@ def serve(config: DevServerConfig, sock: socket.socket) -> None:
         backlog=config.backlog,
         # Thousands of held long polls are the point; uvicorn must not answer 503 past a cap.
         limit_concurrency=None,
-        timeout_keep_alive=_KEEP_ALIVE,
+        # Between requests; before the first one, idle_closing_protocol's own timer.
+        timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]  # a float works: call_later
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN,
         server_header=False,
         # Nothing sits in front of a devserver; parsing X-Forwarded-* would only cost CPU.

@@ -32,6 +32,13 @@ DEFAULT_MODEL_CONCURRENCY = 1
 # The kernel caps this at net.core.somaxconn; a burst of 1,000+ connects needs
 # more than uvicorn's 2048 only beyond that, but asking costs nothing.
 DEFAULT_BACKLOG = 4096
+# The bytes of inputs and outputs one server keeps at most: a few dozen image-sized results, and a
+# bound on its memory (Python's objects for them take several times their JSON size).
+DEFAULT_MAX_HELD_BYTES = 256 * 1024 * 1024
+# Seconds an idle connection is kept open, before its first request or between two. Longer than
+# aiohttp's own 15 s (the triggerer's half): a server that closes first races the client's next
+# request on that connection, and a Start lost in that race counts as possibly taken.
+DEFAULT_KEEP_ALIVE_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,10 @@ class DevServerConfig:
     :param port: port to bind; 0 picks a free one.
     :param start_hold: seconds a Start without ``startOnly`` waits for the result.
     :param check_hold: seconds a long-poll Check waits for the call to finish.
-    :param result_ttl: seconds a finished or failed call is kept before it is forgotten.
+    :param result_ttl: seconds a finished or failed call is kept before it is forgotten (sooner
+        when ``max_held_bytes`` needs the room).
+    :param max_held_bytes: the most bytes of inputs (request bodies of calls not yet finished) and
+        outputs (encoded, of finished calls kept for ``result_ttl``) the server keeps; 0 for no cap.
     :param replicas: calls of one model that may run at once (workers per model).
     :param external_models: model key to base URL of an external model server.
     :param quirk_empty_message: answer finished Starts with empty ``message`` and ``callID``.
@@ -60,6 +70,8 @@ class DevServerConfig:
     :param backlog: listen backlog of the server socket.
     :param http: uvicorn HTTP implementation (``auto``, ``httptools`` or ``h11``).
     :param loop: uvicorn event loop (``auto``, ``uvloop`` or ``asyncio``).
+    :param keep_alive_timeout: seconds an idle connection is kept open, before its first request
+        or between two (a held request is not idle).
     """
 
     host: str = "127.0.0.1"
@@ -67,6 +79,7 @@ class DevServerConfig:
     start_hold: float = DEFAULT_START_HOLD
     check_hold: float = DEFAULT_CHECK_HOLD
     result_ttl: float = DEFAULT_RESULT_TTL
+    max_held_bytes: int = DEFAULT_MAX_HELD_BYTES
     replicas: int = DEFAULT_REPLICAS
     external_models: Mapping[str, str] = field(default_factory=dict)
     quirk_empty_message: bool = False
@@ -80,14 +93,19 @@ class DevServerConfig:
     backlog: int = DEFAULT_BACKLOG
     http: str = "auto"
     loop: str = "auto"
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
 
     def __post_init__(self) -> None:
         for name in ("start_hold", "check_hold", "result_ttl", "model_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0")
+        if not math.isfinite(self.keep_alive_timeout) or self.keep_alive_timeout <= 0:
+            raise ValueError("keep_alive_timeout must be a finite number > 0")
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
+        if self.max_held_bytes < 0:
+            raise ValueError("max_held_bytes must be >= 0 (0: no cap)")
         if self.model_concurrency < 0 or any(limit < 0 for limit in self.model_concurrency_by_key.values()):
             raise ValueError("model concurrency must be >= 0 (0: no limit)")
         unknown = sorted(set(self.model_concurrency_by_key) - set(self.external_models))

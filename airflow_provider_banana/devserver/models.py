@@ -9,6 +9,7 @@ retried (Potassium 0.1.x answers 423 while busy).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import math
 import re
@@ -36,6 +37,8 @@ _HTML_TAG = re.compile(r"<[^>]*>")
 _MARKER_LINE = re.compile(r"[\^~]+")
 # A sleep model longer than a day is a typo, not a test.
 _MAX_SLEEP = 86400.0
+# The largest output the ``bytes`` model makes: past the client's default max_reply_bytes (64 MiB).
+_MAX_OUTPUT_BYTES = 256 * 1024 * 1024
 
 
 class ModelError(Exception):
@@ -129,6 +132,24 @@ async def items_list(inputs: Any) -> Any:
     if not isinstance(items, list):
         raise ModelError("error: bad modelInputs: 'items' must be a list")
     return items
+
+
+async def output_bytes(inputs: Any) -> Any:
+    """Reply with a string of ``size`` characters (ASCII, so as many bytes), the way an image model replies.
+
+    The text repeats the sha256 of ``seed`` in hex, so two calls with one seed reply alike and
+    calls with other seeds do not.
+
+    :param inputs: ``{"size": int, "seed": str = "", "seconds": float = 0}``.
+    :raises ModelError: on a size that is not a whole number within 0..256 MiB.
+    """
+    data = _object(inputs)
+    size = data.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= _MAX_OUTPUT_BYTES:
+        raise ModelError(f"error: bad modelInputs: 'size' must be a whole number within 0..{_MAX_OUTPUT_BYTES}")
+    await asyncio.sleep(_seconds(data, 0.0))
+    unit = hashlib.sha256(str(data.get("seed", "")).encode()).hexdigest()
+    return {"data": (unit * (size // len(unit) + 1))[:size]}
 
 
 async def model_error(inputs: Any) -> Any:
@@ -265,8 +286,9 @@ def builtin_models() -> dict[str, Model]:
         "list": items_list,
         "model-error": model_error,
         "flaky": FlakyModel(),
+        "bytes": output_bytes,
     }
 
 
 #: The built-in model keys, for help texts and validation.
-BUILTIN_MODEL_KEYS = ("wordcount", "sleep", "fail", "list", "model-error", "flaky")
+BUILTIN_MODEL_KEYS = ("wordcount", "sleep", "fail", "list", "model-error", "flaky", "bytes")

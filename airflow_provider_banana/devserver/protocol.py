@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ API_VERSION = "January 11, 2023"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Echoed user input (a model key, a call id) is cut so a reply stays small.
 _ECHO_LIMIT = 200
+#: The longest request ``id`` served: it is echoed whole in the reply, and the SDKs send a uuid4
+#: (36 characters). A longer one is refused (a v4 error reply, under a fresh id), never cut: a
+#: client matching replies to requests by id would be told a different one.
+MAX_ID_LENGTH = 256
+# A JSON escape of a UTF-16 surrogate, "\ud800": a lone one decodes to a str that is no Unicode
+# text, and cannot be encoded back (in the reply, the apiKey compare, a request to a model).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 _MISSING = object()
 
@@ -202,7 +210,12 @@ def encode(payload: Any) -> bytes:
 
     :param payload: any JSON-ready value.
     """
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate in a model's output (an external model may send "\ud800"): escaped, the
+        # reply is valid JSON that carries it exactly as the model sent it.
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _base(request_id: str, message: str) -> dict[str, Any]:
@@ -219,12 +232,54 @@ def _decode_object(body: bytes, api_key: str | None) -> tuple[dict[str, Any], st
     request_id = data.get("id")
     if not isinstance(request_id, str) or not request_id:
         request_id = new_request_id()
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_lone_surrogates(data, request_id)
+    if len(request_id) > MAX_ID_LENGTH:
+        raise RequestError(
+            f"error: field 'id' is {len(request_id)} characters long, longer than the {MAX_ID_LENGTH} allowed",
+            new_request_id(),
+        )
     if api_key is not None:
         sent = data.get("apiKey")
         # Constant-time compare: the key must not leak through response timing.
         if not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), api_key.encode()):
             raise RequestError("error: invalid apiKey", request_id)
     return data, request_id
+
+
+def _refuse_lone_surrogates(data: dict[str, Any], request_id: str) -> None:
+    if not _holds_lone_surrogate(data):
+        return
+    where = next(
+        (f"field {name!r}" for name in ("id", "apiKey", "modelKey", "callID") if not _encodable(data.get(name))),
+        "a string in the body",
+    )
+    raise RequestError(
+        f"error: invalid JSON body: {where} holds a lone UTF-16 surrogate (such as \\ud800), which is not text",
+        request_id if _encodable(request_id) else new_request_id(),
+    )
+
+
+def _holds_lone_surrogate(data: Any) -> bool:
+    # Only a body that spells a surrogate escape is looked at (an emoji written "\ud83d\ude00" is
+    # one too): encoding the whole of it is the one sure test, and costs nothing for the rest.
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):  # whatever else is wrong is for the fields' checks to say
+        return False
+    return False
+
+
+def _encodable(value: Any) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _required_string(data: dict[str, Any], name: str, request_id: str) -> str:

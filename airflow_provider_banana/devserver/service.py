@@ -42,7 +42,7 @@ class BananaService:
         self.settings = Settings.from_config(config)
         self.model_keys = sorted({*builtin_models(), *config.external_models})
         self.stats = Stats(self.model_keys)
-        self.calls = CallRegistry(self.stats, lambda: self.settings.result_ttl)
+        self.calls = CallRegistry(self.stats, lambda: self.settings.result_ttl, config.max_held_bytes)
         self._pools: dict[str, ModelPool] = {}
         self._models: dict[str, Model] = {}
         self._http: httpx.AsyncClient | None = None
@@ -112,7 +112,21 @@ class BananaService:
             return protocol.error_reply(
                 request.request_id, f"error: unknown modelKey {protocol.echo(request.model_key)}"
             )
-        call = self.calls.create(request.model_key, request.model_inputs)
+        if not self.calls.admit(len(body)):
+            # Refused before a call exists: nothing runs, and a client may send it again later.
+            log.warning(
+                "Refused a Start of %d bytes: the calls still running hold %d bytes, and --max-held-bytes is %d",
+                len(body),
+                self.calls.held_bytes,
+                self.calls.max_held_bytes,
+            )
+            return protocol.error_reply(
+                request.request_id,
+                f"error: the server is full: the inputs of the calls still running and this Start's "
+                f"({len(body)} bytes) would pass its --max-held-bytes ({self.calls.max_held_bytes}); "
+                "nothing was started, so the Start may be sent again once calls finish",
+            )
+        call = self.calls.create(request.model_key, request.model_inputs, len(body))
         pool.submit(call)
         if not request.start_only:
             with self.stats.start_holds_open.held():

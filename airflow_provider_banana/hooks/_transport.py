@@ -21,15 +21,21 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_banana.contract import (
+    DIRECT,
+    BananaNetwork,
     RequestBudget,
     TransportFailure,
+    framing_problem,
+    malformed_reply,
     reply_too_large,
     transport_error,
     undecodable_reply,
@@ -37,6 +43,7 @@ from airflow_provider_banana.contract import (
     unusable_url,
 )
 from airflow_provider_banana.exceptions import BananaError
+from airflow_provider_banana.redact import scrub_library_logs
 
 if TYPE_CHECKING:
     import aiohttp
@@ -44,6 +51,10 @@ if TYPE_CHECKING:
 
     from airflow_provider_banana.redact import Redactor
 
+#: The loggers of the libraries a request goes through. They may log bytes a server sent (urllib3
+#: logs a header line it cannot parse, verbatim: a server echoing the key there puts it in the log),
+#: so every request masks its key in their records.
+LIBRARY_LOGGERS = ("urllib3", "requests", "charset_normalizer", "aiohttp", "asyncio")
 #: How much of an error reply (a status other than 200) is read: enough for its message, no more.
 ERROR_BODY_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
@@ -80,6 +91,7 @@ class Exchange:
     :param endpoint: ``"start"`` or ``"check"``, for the error texts.
     :param call_id: the call a Check is about.
     :param redactor: masks the key in the HTTP library's words.
+    :param network: the proxy and the trusted CAs, the same for both halves.
     """
 
     url: str
@@ -89,11 +101,18 @@ class Exchange:
     endpoint: str
     call_id: str | None
     redactor: Redactor
+    network: BananaNetwork = DIRECT
 
     def failed(self, failure: TransportFailure, error: BaseException) -> BananaError:
         """Return our error for a transport failure the library raised."""
+        detail = _certificate_problem(error) if failure is TransportFailure.UNTRUSTED_CERTIFICATE else None
         return transport_error(
-            failure, endpoint=self.endpoint, detail=str(error), call_id=self.call_id, redactor=self.redactor
+            failure,
+            endpoint=self.endpoint,
+            detail=detail or str(error),
+            call_id=self.call_id,
+            redactor=self.redactor,
+            network=self.network,
         )
 
     def timed_out(self) -> BananaError:
@@ -111,11 +130,17 @@ class Exchange:
 
     def undecodable(self, error: BaseException) -> BananaError:
         """Return our error for a body whose Content-Encoding could not be undone."""
-        return undecodable_reply(self.endpoint, self.redactor(str(error)), call_id=self.call_id)
+        return undecodable_reply(self.endpoint, self.redactor(self.network.scrub(str(error))), call_id=self.call_id)
+
+    def malformed(self, problem: str) -> BananaError:
+        """Return our error for a reply whose head is not well-formed HTTP (see ``framing_problem``)."""
+        return malformed_reply(self.endpoint, self.redactor(self.network.scrub(problem)), call_id=self.call_id)
 
     def unexpected(self, error: BaseException) -> BananaError:
         """Return our error for anything else the library raised."""
-        return unexpected_transport_error(error, endpoint=self.endpoint, call_id=self.call_id, redactor=self.redactor)
+        return unexpected_transport_error(
+            error, endpoint=self.endpoint, call_id=self.call_id, redactor=self.redactor, network=self.network
+        )
 
 
 def _declared_length(headers: Any) -> int | None:
@@ -168,6 +193,57 @@ class _Body:
             location=self.headers.get("Location"),
             truncated=self.truncated,
         )
+
+
+def _certificate_problem(error: BaseException) -> str | None:
+    """Return what certificate verification said, if it is what failed somewhere in ``error``'s chain."""
+    # Both libraries wrap the ssl module's error a few layers deep (requests: SSLError, MaxRetryError,
+    # urllib3's SSLError; aiohttp: ClientConnectorCertificateError), in args, causes or attributes.
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        # aiohttp's ClientConnectorCertificateError is an SSLCertVerificationError too, with none of
+        # its fields: the ssl module's own error is its certificate_error.
+        message = getattr(current, "verify_message", None)
+        if isinstance(current, ssl.SSLCertVerificationError) and message:
+            return f"certificate verify failed: {message}"
+        linked = (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            getattr(current, "certificate_error", None),
+            *current.args,
+        )
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _trusting(ca_bundle: str | None) -> ssl.SSLContext:
+    # Building a context loads its CA bundle: ~25 ms of CPU. Fifty triggers starting together would
+    # stall the triggerer's event loop for over a second, so there is one per bundle, for every
+    # session and request. A context is not tied to an event loop, unlike a session's connections.
+    if ca_bundle is None:
+        import certifi  # the bundle requests trusts by default, so that both halves trust the same
+
+        return ssl.create_default_context(cafile=certifi.where())
+    if os.path.isdir(ca_bundle):
+        return ssl.create_default_context(capath=ca_bundle)
+    return ssl.create_default_context(cafile=ca_bundle)
+
+
+def ssl_context(network: BananaNetwork) -> ssl.SSLContext | bool:
+    """
+    Return aiohttp's ``ssl`` argument for ``network``: the shared context of its CA bundle, or False.
+
+    :param network: the connection's network settings.
+    :raises OSError, ssl.SSLError: the bundle cannot be read or holds no certificate.
+    """
+    return _trusting(network.ca_bundle) if network.verify else False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,6 +304,57 @@ def _shut(sock: Any) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class _MalformedHead(Exception):
+    """Raised by the sync half's response class for a head the contract refuses; :func:`post` maps it.
+
+    Not an ``http.client.HTTPException``, which urllib3 would wrap as a dropped connection.
+    """
+
+
+@functools.cache
+def _final_response_class() -> type:
+    import http.client
+
+    class FinalResponse(http.client.HTTPResponse):
+        """
+        An ``http.client.HTTPResponse`` that reads through interim (1xx) replies to the final one.
+
+        ``http.client`` skips only ``100 Continue``: a gateway's ``102 Processing`` or
+        ``103 Early Hints`` would come back as the reply, after the Start was taken. aiohttp reads
+        through them; this makes the sync half do the same. ``101 Switching Protocols`` is final.
+        """
+
+        def begin(self) -> None:
+            self._begin_one()
+            # As many as come, as aiohttp reads them: a server that sends nothing else is ended by
+            # the request's deadline (the watchdog), in both halves alike.
+            while 100 <= self.status < 200 and self.status != 101:
+                # begin() reads a reply only while no headers are set: cleared, the next one is read.
+                # An interim reply has no body (RFC 9110 15.2), so the next bytes are a status line.
+                self.headers = self.msg = None  # type: ignore[assignment]
+                self._begin_one()
+            self._check_head()
+
+        def _begin_one(self) -> None:
+            try:
+                super().begin()
+            except http.client.RemoteDisconnected:
+                raise  # closed before a status line: the connection broke, the head is not malformed
+            except (http.client.BadStatusLine, http.client.LineTooLong, http.client.UnknownProtocol) as e:
+                raise _MalformedHead(f"{type(e).__name__}: {e}") from None
+
+        def _check_head(self) -> None:
+            # http.client forgives what aiohttp refuses: the contract decides for both halves. A
+            # line without a colon ends the parsed headers (email's parser) and leaves a defect.
+            if self.msg.defects or self.msg.get_payload():
+                raise _MalformedHead("a header line without a colon")
+            problem = framing_problem(self.msg.items())
+            if problem:
+                raise _MalformedHead(problem)
+
+    return FinalResponse
+
+
 @functools.cache
 def _guarded_adapter_class() -> type:
     # Built on first use, so that importing this module does not import requests and urllib3.
@@ -236,8 +363,13 @@ def _guarded_adapter_class() -> type:
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
     from urllib3.poolmanager import ProxyManager
 
+    final_response = _final_response_class()
+
     class Watched:
         sock: Any
+        # The documented hook of http.client.HTTPConnection (which urllib3's connections subclass)
+        # for the class that reads a reply: ours reads through interim (1xx) replies.
+        response_class = final_response
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             deadline = _CURRENT.get()
@@ -293,6 +425,9 @@ def new_session(headers: dict[str, str]) -> requests.Session:
     import requests
 
     session = requests.Session()
+    # Proxies and CAs come from the connection's BananaNetwork, as for the async half, never from
+    # requests' own reading of the environment (nor credentials from ~/.netrc).
+    session.trust_env = False
     session.headers.update(headers)
     adapter_class = _guarded_adapter_class()
     for prefix in ("http://", "https://"):
@@ -305,6 +440,10 @@ def _requests_failure(error: requests.RequestException) -> TransportFailure:
     import urllib3.exceptions
 
     # Order matters: ConnectTimeout is both a ConnectionError and a Timeout.
+    if _certificate_problem(error) is not None:
+        return TransportFailure.UNTRUSTED_CERTIFICATE
+    if isinstance(error, requests.exceptions.ProxyError):
+        return TransportFailure.PROXY
     if isinstance(error, requests.exceptions.ConnectTimeout):
         return TransportFailure.CONNECT_TIMEOUT
     if isinstance(error, requests.exceptions.ReadTimeout):
@@ -336,6 +475,7 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
     """
     import requests
 
+    scrub_library_logs(LIBRARY_LOGGERS, exchange.redactor)
     budget = exchange.budget
     ends_at = time.monotonic() + budget.total
     deadline = _Deadline(budget.total)
@@ -344,15 +484,13 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
             # Straight to the adapter, not session.post: even with allow_redirects=False, Session.send
             # reads a redirect's whole body, unbounded, to work out where it would go next.
             prepared = session.prepare_request(requests.Request("POST", exchange.url, data=exchange.body))
-            environment = session.merge_environment_settings(prepared.url, {}, True, None, None)
-            verify = environment.get("verify")
+            proxy = exchange.network.proxy
             response = session.get_adapter(prepared.url or "").send(
                 prepared,
                 stream=True,
                 timeout=(budget.connect, budget.total),
-                verify=True if verify is None else verify,
-                cert=environment.get("cert"),
-                proxies=environment.get("proxies"),
+                verify=exchange.network.requests_verify,
+                proxies={"http": proxy, "https": proxy} if proxy else {},
             )
             try:
                 body = _Body(response.status_code, response.headers, exchange)
@@ -369,6 +507,8 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
         raise unusable_url(str(e), redactor=exchange.redactor) from None
     except requests.exceptions.ContentDecodingError as e:
         raise exchange.undecodable(e) from None
+    except _MalformedHead as e:
+        raise exchange.malformed(str(e)) from None
     except requests.RequestException as e:
         if deadline.fired:
             raise exchange.timed_out() from None
@@ -388,7 +528,12 @@ def post(session: requests.Session, exchange: Exchange) -> RawReply:
 def _aiohttp_failure(error: BaseException) -> TransportFailure:
     import aiohttp
 
-    # Order matters: a connection timeout is a ServerTimeoutError and an asyncio.TimeoutError too.
+    # Order matters: a connection timeout is a ServerTimeoutError and an asyncio.TimeoutError too; a
+    # proxy that refuses is a ClientConnectorError too.
+    if _certificate_problem(error) is not None:
+        return TransportFailure.UNTRUSTED_CERTIFICATE
+    if isinstance(error, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        return TransportFailure.PROXY
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return TransportFailure.CONNECT_TIMEOUT
     if isinstance(error, (aiohttp.ClientConnectorError, aiohttp.ClientProxyConnectionError)):
@@ -398,6 +543,18 @@ def _aiohttp_failure(error: BaseException) -> TransportFailure:
     if isinstance(error, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
         return TransportFailure.CONNECTION_LOST
     return TransportFailure.OTHER
+
+
+def _parser_error(error: BaseException) -> BaseException | None:
+    # aiohttp chains its parser's own error under one or two wrappers (ClientResponseError, then a
+    # bare HttpProcessingError): the innermost says whether the head or the body was at fault.
+    found = None
+    cause = error.__cause__
+    for _ in range(4):
+        if cause is None:
+            break
+        found, cause = cause, cause.__cause__
+    return found
 
 
 async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
@@ -410,10 +567,31 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
     """
     import aiohttp
 
+    scrub_library_logs(LIBRARY_LOGGERS, exchange.redactor)
     budget = exchange.budget
     timeout = aiohttp.ClientTimeout(total=budget.total, connect=budget.connect, sock_connect=budget.connect)
+    network = exchange.network
+    # The proxy's credentials go in a header, since aiohttp does not take them from the proxy's URL:
+    # of the CONNECT for https, of the request itself (which the proxy reads) for plain http.
+    authorization = network.proxy_authorization
+    tunnelled = exchange.url.lower().startswith("https:")
+    to_proxy = {"Proxy-Authorization": authorization} if authorization else None
     try:
-        async with session.post(exchange.url, data=exchange.body, timeout=timeout, allow_redirects=False) as response:
+        async with session.post(
+            exchange.url,
+            data=exchange.body,
+            timeout=timeout,
+            allow_redirects=False,
+            proxy=network.proxy_url,
+            headers=None if tunnelled else to_proxy,
+            proxy_headers=to_proxy if tunnelled else None,
+            ssl=ssl_context(network),
+        ) as response:
+            # aiohttp's parser refused much by itself (see below); the rest is the contract's call.
+            raw_head = response.raw_headers
+            problem = framing_problem((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_head)
+            if problem:
+                raise exchange.malformed(problem)
             body = _Body(response.status, response.headers, exchange)
             # Decompressed chunks: the limit counts what the body inflates to, not what was sent.
             async for chunk in response.content.iter_chunked(_CHUNK):
@@ -429,9 +607,22 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
         cause = e.__cause__
         if isinstance(cause, aiohttp.http_exceptions.DecompressSizeError) or "exceeds the configured limit" in str(e):
             raise exchange.too_large() from None
-        if isinstance(cause, aiohttp.http_exceptions.ContentEncodingError) or "encoding" in str(e).lower():
+        # "content-encoding", not "encoding": a TransferEncodingError (a body cut short) says "Encoding" too.
+        if isinstance(cause, aiohttp.http_exceptions.ContentEncodingError) or "content-encoding" in str(e).lower():
             raise exchange.undecodable(e) from None
         raise exchange.failed(TransportFailure.CONNECTION_LOST, e) from None
+    except aiohttp.ClientHttpProxyError as e:  # the proxy refused the tunnel (407, 502 ...): nothing was sent
+        raise exchange.failed(TransportFailure.PROXY, e) from None
+    except aiohttp.ClientResponseError as e:
+        # Raised (never for a status: the hook reads those) when aiohttp's parser refused the bytes.
+        underlying = _parser_error(e)
+        body_fault = isinstance(underlying, aiohttp.http_exceptions.PayloadEncodingError)
+        if body_fault or "chunk" in str(underlying).lower():
+            # The body, not the head: cut short or badly chunked. aiohttp says so this way only when
+            # the body came in the head's packet (later, it raises ClientPayloadError); the sync half
+            # reports both as a broken connection, so this half does too.
+            raise exchange.failed(TransportFailure.CONNECTION_LOST, e) from None
+        raise exchange.malformed(str(underlying or e.message)) from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         failure = _aiohttp_failure(e)
         if failure is TransportFailure.READ_TIMEOUT:

@@ -10,27 +10,33 @@ method names and send bytes only: every decision about a request or a reply is m
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
 import functools
 import json
 import logging
-import ssl
+import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 from airflow.sdk import BaseHook
 
-from airflow_provider_banana import __version__, connection_ui_behaviour
+from airflow_provider_banana import __version__, connection_ui_behaviour, metrics
 from airflow_provider_banana.contract import (
     CHECK,
     DEFAULT_MAX_REPLY_BYTES,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
+    DIRECT,
     START,
+    VERIFY_OFF_WARNING,
     BananaFinished,
+    BananaNetwork,
     BananaResult,
     BananaRetryPolicy,
     BananaRunning,
@@ -41,11 +47,13 @@ from airflow_provider_banana.contract import (
     describe_retry,
     endpoint_url,
     max_reply_bytes_from_extra,
+    network_for,
     parse_reply,
     use_start_only,
     validate_api_key,
     validate_base_url,
     validate_call_id,
+    validate_extra,
     validate_model_inputs,
     validate_model_key,
     validate_seconds,
@@ -53,24 +61,33 @@ from airflow_provider_banana.contract import (
 from airflow_provider_banana.exceptions import (
     BananaCallError,
     BananaCallNotFoundError,
+    BananaConfigError,
     BananaError,
+    BananaTransportError,
 )
 from airflow_provider_banana.hooks import _transport
 from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
     import aiohttp
     import requests
     from airflow.sdk import Connection
+
+    from airflow_provider_banana.contract import OutputsOnServer
+
+T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
 
 _HEADERS = {
     "Content-Type": "application/json",
     "Accept": "application/json",
     "User-Agent": f"airflow-provider-banana/{__version__}",
 }
-#: Replies larger than this are parsed in a worker thread by the async hook, off the event loop.
+#: Replies larger than this are parsed by the async hook in a worker thread and in short steps, so
+#: that the event loop keeps the GIL most of the time (see contract.stepwise).
 _PARSE_IN_THREAD_BYTES = 1024 * 1024
 # A callID no server ever issued: test_connection checks it to prove the URL and key without
 # starting (and paying for) an inference.
@@ -87,6 +104,8 @@ class BananaSettings:
     :param model_key: the default model key from the connection's extra, if any.
     :param timeouts: the request timeouts (the extra may set the server's holds).
     :param max_reply_bytes: the largest reply body read, after decompression (extra ``max_reply_bytes``).
+    :param network: the proxy and the trusted CAs, from the extra (``proxy``, ``ca_bundle``,
+        ``verify``) and the environment; both halves use it alike.
     """
 
     base_url: str
@@ -94,6 +113,7 @@ class BananaSettings:
     model_key: str | None = None
     timeouts: BananaTimeouts = field(default_factory=BananaTimeouts)
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+    network: BananaNetwork = DIRECT
 
     @property
     def redactor(self) -> Redactor:
@@ -106,16 +126,19 @@ class BananaSettings:
         Read and validate a connection: password is the key, host the base URL, extra the model key.
 
         :param conn: the Airflow connection.
-        :raises BananaConfigError: no key, a host that is not an http(s) URL, or a bad timeout in extra.
+        :raises BananaConfigError: no key, a host that is not an http(s) URL, a bad timeout in extra,
+            or a proxy or CA bundle (extra or environment) that cannot be used.
         """
-        extra = conn.extra_dejson or {}
+        extra = validate_extra(conn.extra_dejson, conn.conn_id)
         model_key = extra.get("model_key") or extra.get("extra__banana__model_key") or None
+        base_url = validate_base_url(conn.host)
         return cls(
-            base_url=validate_base_url(conn.host),
-            api_key=validate_api_key(conn.password),
+            base_url=base_url,
+            api_key=_api_key(conn),
             model_key=model_key if isinstance(model_key, str) else None,
             timeouts=BananaTimeouts.from_extra(extra),
             max_reply_bytes=max_reply_bytes_from_extra(extra),
+            network=_network(base_url, extra),
         )
 
     def url(self, endpoint: str) -> str:
@@ -127,6 +150,32 @@ class BananaSettings:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+def _api_key(conn: Connection) -> str:
+    api_key = validate_api_key(conn.password)
+    if api_key != conn.password:
+        # Stripped, not kept: a key pasted with a space or line break around it is the common case,
+        # and a key that really starts or ends with one is unheard of. Said once per lookup, by
+        # connection id only; the key, or any part of it, is never logged.
+        _log.warning(
+            "The password of Banana connection %r has spaces or line breaks around it; "
+            "they were removed before the key was used",
+            conn.conn_id,
+        )
+    return api_key
+
+
+def _network(base_url: str, extra: dict[str, Any]) -> BananaNetwork:
+    # Read when the connection is, so that a bad proxy or CA bundle fails before any request.
+    network = network_for(base_url, extra, os.environ, exists=os.path.exists)
+    try:
+        _transport.ssl_context(network)  # built once per bundle and kept: both halves' certificates
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise BananaConfigError(
+            f"The CA bundle {network.ca_bundle} (from {network.ca_source}) holds no usable certificate: {e}"
+        ) from None
+    return network
+
+
 @functools.lru_cache(maxsize=32)
 def _redactor_for(secret: str) -> Redactor:
     # Compiling the patterns costs ~0.1 ms: once per key, not once per hook (10,000 triggers).
@@ -136,10 +185,24 @@ def _redactor_for(secret: str) -> Redactor:
 def _connection_test_result(settings: BananaSettings, error: BaseException | None) -> tuple[bool, str]:
     where = settings.base_url
     if error is None or isinstance(error, BananaCallNotFoundError):
-        return True, f"Connected to {where}: Banana answered and accepted the API key"
+        return True, f"Connected to {where} {settings.network.describe()}: Banana answered and accepted the API key"
+    # Our errors' texts are masked already; masked again here, as a message that leaves the provider
+    # (the connection form shows it), in case an error of another kind carries the key.
     if isinstance(error, BananaCallError):
-        return False, f"{where} answered but refused the request: {error.message}"
-    return False, f"Could not talk to Banana at {where}: {error}"
+        return False, settings.redactor(f"{where} answered but refused the request: {error.message}")
+    return False, settings.redactor(f"Could not talk to Banana at {where}: {error}")
+
+
+def _in_fresh_loop(probe: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    # asyncio.run refuses to run inside a running loop: then it runs in a thread of its own, in a
+    # copy of this context (Airflow keeps the connection being tested in a context variable).
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(probe())
+    context = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(context.run, asyncio.run, probe()).result()
 
 
 class _BananaHookBase(BaseHook):
@@ -185,6 +248,49 @@ class _BananaHookBase(BaseHook):
         attempt, pause, reason = describe_retry(state)
         self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
 
+    @contextlib.contextmanager
+    def _observed(
+        self, endpoint: str, attempt: int, model_key: str | None
+    ) -> Iterator[Callable[[BananaResult], BananaResult]]:
+        """
+        Send the metrics of one request attempt (see :mod:`airflow_provider_banana.metrics`).
+
+        :param endpoint: :data:`START` or :data:`CHECK`.
+        :param attempt: the attempt's number, from 1: a Start's second attempt is a re-sent one.
+        :param model_key: the Start's model key (a tag); ``None`` for a Check.
+        :return: yields a function to pass the parsed reply through.
+        """
+        tags = {"conn_id": self.banana_conn_id, "model_key": model_key}
+        if endpoint == START:
+            metrics.count(metrics.START_SENT, **tags)
+            if attempt > 1:  # the retry policy re-sends a Start only where it provably was not taken
+                metrics.count(metrics.START_RETRIED, **tags)
+        else:
+            metrics.count(metrics.CHECK_SENT, **tags)
+        began = time.monotonic()
+
+        def answered(result: BananaResult) -> BananaResult:
+            if endpoint == START:
+                elapsed = time.monotonic() - began
+                metrics.timing(metrics.START_DURATION, elapsed, **tags)
+                if isinstance(result, BananaFinished):  # finished within its Start: that was the call
+                    metrics.timing(metrics.CALL_DURATION, elapsed, **tags)
+            return result
+
+        try:
+            yield answered
+        except BananaCallError as e:
+            if endpoint == START:
+                metrics.timing(metrics.START_DURATION, time.monotonic() - began, **tags)
+            # An unknown callID is a lookup's answer (test_connection's probe, an expired reattach).
+            if not isinstance(e, BananaCallNotFoundError):
+                metrics.count(metrics.CALL_FAILED, **tags)
+            raise
+        except BananaTransportError as e:
+            if endpoint == START and e.request_sent:
+                metrics.count(metrics.START_UNANSWERED, **tags)
+            raise
+
     def _exchange(
         self,
         settings: BananaSettings,
@@ -204,9 +310,12 @@ class _BananaHookBase(BaseHook):
             endpoint=endpoint,
             call_id=call_id,
             redactor=settings.redactor,
+            network=settings.network,
         )
 
-    def _reply(self, exchange: _transport.Exchange, raw: _transport.RawReply) -> BananaResult:
+    def _reply(
+        self, exchange: _transport.Exchange, raw: _transport.RawReply, *, in_steps: bool = False
+    ) -> BananaResult:
         result = parse_reply(
             exchange.endpoint,
             raw.status_code,
@@ -217,6 +326,8 @@ class _BananaHookBase(BaseHook):
             call_id=exchange.call_id,
             redactor=exchange.redactor,
             truncated=raw.truncated,
+            conn_id=self.banana_conn_id,
+            in_steps=in_steps,
         )
         if isinstance(result, BananaFinished) and result.non_finite:
             # Not an error: the server sent them. But Airflow's XCom stores NaN and Infinity as null.
@@ -251,6 +362,8 @@ class BananaHook(_BananaHookBase):
         """Return the validated connection settings (looked up once)."""
         settings = BananaSettings.from_connection(self.get_connection(self.banana_conn_id))
         _mask(settings.api_key)
+        if not settings.network.verify:
+            self.log.warning(VERIFY_OFF_WARNING, self.banana_conn_id)
         return settings
 
     @functools.cached_property
@@ -282,7 +395,8 @@ class BananaHook(_BananaHookBase):
         """
         Start one inference (billed), and wait for its result unless ``start_only``.
 
-        A Start is retried only where it provably was not taken (no connection, 429, 503).
+        A Start is sent again only where it provably was not taken: no connection, or the server
+        refused it (429, or 503 with ``Retry-After``); never after another 5xx or a lost answer.
 
         :param model_inputs: the model's inputs: a dict, or a string holding a JSON object.
         :param model_key: the model; defaults to the connection extra's ``model_key``.
@@ -295,7 +409,7 @@ class BananaHook(_BananaHookBase):
         :raises BananaTransportError: the exchange failed (see its ``request_sent``).
         """
         body = self._start_body(self.settings, model_inputs, model_key, start_only)
-        result = self._send(START, body, waits=not start_only)
+        result = self._send(START, body, waits=not start_only, model_key=model_key or self.settings.model_key)
         self.log.log(
             logging.DEBUG if quiet else logging.INFO,
             "Banana Start: call %s, %s (apiVersion %s)",
@@ -319,6 +433,23 @@ class BananaHook(_BananaHookBase):
         call_id = validate_call_id(call_id)
         body = self._check_body(self.settings, call_id, long_poll)
         return self._send(CHECK, body, waits=long_poll, call_id=call_id, deadline=deadline)
+
+    def fetch_outputs(self, left: OutputsOnServer) -> list[Any]:
+        """
+        Fetch the outputs a trigger event left on the server: one Check (free, not held), verified.
+
+        :param left: the finished call, and the size and sha256 of the outputs the trigger saw.
+        :return: the ``modelOutputs`` list, exactly what the trigger saw.
+        :raises BananaOutputsExpiredError: the server no longer has the result (its retention ended).
+        :raises BananaOutputsMismatchError: the outputs differ from those the trigger saw.
+        :raises BananaTransportError: the exchange failed on every attempt.
+        """
+        outcome: BananaResult | BananaCallError
+        try:
+            outcome = self.check(left.call_id, long_poll=False)
+        except BananaCallError as e:
+            outcome = e
+        return left.outputs_from_check(outcome)
 
     def wait(
         self,
@@ -378,6 +509,7 @@ class BananaHook(_BananaHookBase):
             if step.log_line:
                 self.log.info(*step.log_line)
             if step.outputs is not None:
+                metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), conn_id=self.banana_conn_id)
                 return step.outputs
             if step.pause:
                 time.sleep(step.pause)
@@ -406,7 +538,9 @@ class BananaHook(_BananaHookBase):
         Prove that the URL answers and accepts the key, without starting an inference.
 
         Sends a Check for a callID no server issued: a server that knows the key answers
-        "taskID does not exist"; one that refuses it says why.
+        "taskID does not exist"; one that refuses it says why. Both halves try it, each its own way
+        (the worker's ``requests``, then the triggerer's ``aiohttp`` in a fresh event loop), since a
+        deferred task needs both: the message says which one failed.
 
         :return: ``(ok, message)``; the message never contains the key.
         """
@@ -414,11 +548,26 @@ class BananaHook(_BananaHookBase):
             settings = self.settings
         except BananaError as e:
             return False, str(e)
+        error: BaseException | None = None
         try:
             self.check(_PROBE_CALL_ID, long_poll=False)
         except BananaError as e:
-            return _connection_test_result(settings, e)
-        return _connection_test_result(settings, None)
+            error = e
+        ok, message = _connection_test_result(settings, error)
+        if not ok:
+            return False, f"The worker's half (requests) failed: {message}"
+        ok, message = _connection_test_result(settings, _in_fresh_loop(self._probe_async_half))
+        if not ok:
+            return False, f"The triggerer's half (aiohttp) failed (the worker's half, requests, connected): {message}"
+        return True, f"{message}, from both the worker's half (requests) and the triggerer's half (aiohttp)"
+
+    async def _probe_async_half(self) -> BaseException | None:
+        try:
+            async with BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy) as hook:
+                await hook.check(_PROBE_CALL_ID, long_poll=False)
+        except BananaError as e:
+            return e
+        return None
 
     def _send(
         self,
@@ -428,25 +577,15 @@ class BananaHook(_BananaHookBase):
         waits: bool,
         call_id: str | None = None,
         deadline: float | None = None,
+        model_key: str | None = None,
     ) -> BananaResult:
         settings = self.settings
         retrying = tenacity.Retrying(**self._retrying_kwargs(endpoint, deadline))
         for attempt in retrying:
-            with attempt:
+            with attempt, self._observed(endpoint, attempt.retry_state.attempt_number, model_key) as answered:
                 exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                return self._reply(exchange, _transport.post(self.session, exchange))
+                return answered(self._reply(exchange, _transport.post(self.session, exchange)))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # Building an SSL context loads the CA bundle: ~25 ms of CPU. Fifty triggers starting together
-    # would stall the triggerer's event loop for over a second, so every session shares one. An
-    # SSLContext is not tied to an event loop, unlike a session's connections. certifi's bundle,
-    # as requests uses, so that both hooks trust the same servers.
-    import certifi
-
-    return ssl.create_default_context(cafile=certifi.where())
 
 
 class _LoopSessions:
@@ -527,10 +666,13 @@ def _new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         headers=_HEADERS,
         # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=_ssl_context()),
+        # Each request names its own proxy and SSL context (see _transport.apost): sessions are per
+        # base URL and key, and two connections to one server may reach it differently.
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
         # The hooks only send JSON bodies and read replies: a server's cookies are not kept.
         cookie_jar=aiohttp.DummyCookieJar(),
-        # Proxies from the environment apply, as they do for requests on the sync side.
+        # Proxies and CAs come from the connection's BananaNetwork, the same for the sync side, never
+        # from aiohttp's own reading of the environment.
         trust_env=False,
         # Each request sets its own whole-request limit (see _transport.apost).
         timeout=aiohttp.ClientTimeout(total=None),
@@ -581,6 +723,8 @@ class BananaAsyncHook(_BananaHookBase):
         share = _loop_share()
         self._settings = await share.settings(self.banana_conn_id, self.aget_connection)
         self._session = share.lease(self._lease_key)
+        if not self._settings.network.verify:
+            self.log.warning(VERIFY_OFF_WARNING, self.banana_conn_id)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -609,7 +753,7 @@ class BananaAsyncHook(_BananaHookBase):
         :return: the result.
         """
         body = self._start_body(self.settings, model_inputs, model_key, start_only)
-        return await self._send(START, body, waits=not start_only)
+        return await self._send(START, body, waits=not start_only, model_key=model_key or self.settings.model_key)
 
     async def check(self, call_id: str, *, long_poll: bool = True, deadline: float | None = None) -> BananaResult:
         """
@@ -677,6 +821,8 @@ class BananaAsyncHook(_BananaHookBase):
             if step.log_line:
                 self.log.log(level, *step.log_line)
             if step.outputs is not None:
+                if not quiet:  # a batch's waiters count from the batch's start, not the call's
+                    metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), conn_id=self.banana_conn_id)
                 return step.outputs
             if step.pause:
                 await asyncio.sleep(step.pause)
@@ -708,6 +854,7 @@ class BananaAsyncHook(_BananaHookBase):
         waits: bool,
         call_id: str | None = None,
         deadline: float | None = None,
+        model_key: str | None = None,
     ) -> BananaResult:
         settings = self.settings
         session = self._session
@@ -715,13 +862,14 @@ class BananaAsyncHook(_BananaHookBase):
             raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
         retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(endpoint, deadline))
         async for attempt in retrying:
-            with attempt:
+            with attempt, self._observed(endpoint, attempt.retry_state.attempt_number, model_key) as answered:
                 exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
                 raw = await _transport.apost(session, exchange)
                 if len(raw.content) > _PARSE_IN_THREAD_BYTES:
-                    # Parsing tens of MiB takes a good part of a second: not on the triggerer's loop.
-                    return await asyncio.to_thread(self._reply, exchange, raw)
-                return self._reply(exchange, raw)
+                    # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
+                    # call on another thread: json.loads would hold the GIL, and the loop, all along.
+                    return answered(await asyncio.to_thread(self._reply, exchange, raw, in_steps=True))
+                return answered(self._reply(exchange, raw))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
 
-from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListInputs, as_storage_path
+from airflow_provider_banana import lineage, metrics
+from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListInputs, as_storage_path, write_outputs
 from airflow_provider_banana.batch.plan import (
     DEFAULT_MAX_STARTING,
     ON_ITEM_FAILURE,
@@ -32,7 +34,11 @@ from airflow_provider_banana.contract import (
     BananaResult,
     BananaRetryPolicy,
     BananaRunning,
+    EventOutputs,
+    OutputsOnServer,
+    OutputsWritten,
     Reattach,
+    check_storable,
     event_summary,
     outputs_from_event,
     reattach_decision,
@@ -41,11 +47,13 @@ from airflow_provider_banana.contract import (
     validate_poll_interval,
     validate_seconds,
 )
+from airflow_provider_banana.contract.waiting import time_left
 from airflow_provider_banana.exceptions import (
     BananaBatchTimeoutError,
     BananaCallError,
     BananaConfigError,
     BananaError,
+    BananaOutputsNotStorableError,
     BananaTimeoutError,
     BananaTransportError,
 )
@@ -94,7 +102,14 @@ class BananaInferenceOperator(BaseOperator):
     :class:`~airflow_provider_banana.triggers.banana.BananaCallTrigger`, so no worker slot is
     held while the model runs. Otherwise the worker sends a Start that waits up to ~60 s for the
     result, then long-polls Check. Either way the return value (XCom ``return_value``) is the
-    ``modelOutputs`` list, so ``op.output`` feeds the next task.
+    ``modelOutputs`` list, so ``op.output`` feeds the next task; with ``output_path`` it is
+    ``{"output_path", "bytes", "sha256"}`` instead, the outputs being in that file.
+
+    Outputs past 64 KiB never travel in the trigger's event (Airflow stores it and prints it in the
+    trigger's log): the event carries their size and sha256, and the worker fetches them with one
+    Check (free) and verifies them; if the server has forgotten the call by then (its result
+    retention ended), the task fails with
+    :class:`~airflow_provider_banana.exceptions.BananaOutputsExpiredError` and starts no new call.
 
     :param model_inputs: the model's inputs (templated): a dict, or a string that renders to a
         JSON object. Works with ``.partial(...).expand(model_inputs=[...])``.
@@ -119,9 +134,14 @@ class BananaInferenceOperator(BaseOperator):
         after its Start (long-poll Checks) before it defers; a call that finishes sooner returns at
         once, without the round trip through the triggerer (a task resume: seconds of scheduling,
         a worker start and a DAG parse). ``0`` defers right after the Start.
+    :param output_path: a file (templated URI string, or an ``ObjectStoragePath``) that receives the
+        outputs as JSON (the ``modelOutputs`` list, compact, UTF-8) instead of XCom; the task returns
+        ``{"output_path": ..., "bytes": ..., "sha256": ...}``. The process that holds the outputs
+        first writes it: the triggerer, for a deferred call, so nothing depends on the server keeping
+        the result.
     """
 
-    template_fields: Sequence[str] = ("model_inputs", "model_key")
+    template_fields: Sequence[str] = ("model_inputs", "model_key", "output_path")
     template_fields_renderers = {"model_inputs": "json"}
     ui_color = "#ffe135"
 
@@ -139,9 +159,13 @@ class BananaInferenceOperator(BaseOperator):
         max_attempts: int = BananaRetryPolicy.max_attempts,
         durable: bool = True,
         defer_after: float = DEFAULT_DEFER_AFTER,
+        output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if output_path is not None and not isinstance(output_path, str):
+            as_storage_path(output_path, "output_path")  # an ObjectStoragePath, or a clear error now
+        self.output_path = output_path
         self.model_inputs = model_inputs
         self.durable = durable
         self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
@@ -161,20 +185,30 @@ class BananaInferenceOperator(BaseOperator):
         """Return the hook (made on first use, so ``__init__`` does no connection lookup)."""
         return BananaHook(self.banana_conn_id, retry_policy=BananaRetryPolicy(max_attempts=self.max_attempts))
 
+    @metrics.counts_timeouts
     def execute(self, context: Context) -> Any:
         """Start the inference (or reattach to this task's earlier call), then return or defer."""
         inputs = validate_model_inputs(self.model_inputs)
+        path = self._output_path()
         # The timeout counts per try, like execution_timeout: a reattached call gets a full one.
         started_at = time.time()
         stored = StoredCall(context, enabled=self.durable and self.wait_for_completion)
         call_id, outputs = self._reattach(stored)
         if outputs is not None:
-            return outputs
+            # Forgotten only once the outputs are known to leave: a retry reattaches (a Check, free).
+            reattached = self._result(outputs, path, call_id)
+            stored.forget()
+            return reattached
         if call_id is None:
             result = self._start(inputs, stored)
             if isinstance(result, BananaFinished):
                 self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
-                return result.model_outputs
+                try:
+                    return self._result(result.model_outputs, path, result.call_id)
+                except BananaOutputsNotStorableError:
+                    if result.call_id:  # a retry reattaches to it (a Check) rather than paying again
+                        stored.save(result.call_id)
+                    raise
             call_id = result.call_id
         self._call_id = call_id
         context["ti"].xcom_push(key="call_id", value=call_id)
@@ -184,8 +218,9 @@ class BananaInferenceOperator(BaseOperator):
         if self.deferrable:
             outputs = self._wait_before_deferring(call_id, context, started_at, stored)
             if outputs is not None:
+                written = self._result(outputs, path, call_id)
                 stored.forget()
-                return outputs
+                return written
             self.log.info("Waiting for Banana call %s in the triggerer", call_id)
             self.defer(
                 trigger=BananaCallTrigger(
@@ -197,6 +232,7 @@ class BananaInferenceOperator(BaseOperator):
                     long_poll=self.long_poll,
                     max_attempts=self.max_attempts,
                     deferred_at=time.time(),
+                    output_path=None if path is None else str(path),
                 ),
                 method_name="execute_complete",
                 # A backstop in case the trigger cannot run; Airflow also caps it by execution_timeout.
@@ -213,9 +249,51 @@ class BananaInferenceOperator(BaseOperator):
         except BananaCallError:
             stored.forget()
             raise
+        written = self._result(outputs, path, call_id)
         stored.forget()
         self.log.info("Banana call %s finished after %.1f s", call_id, time.time() - started_at)
-        return outputs
+        return written
+
+    def _output_path(self) -> ObjectStoragePath | None:
+        # Checked before any Start: a bad path is the user's to fix, and costs no call.
+        return None if self.output_path is None else as_storage_path(self.output_path, "output_path")
+
+    def _result(self, outputs: list[Any], path: ObjectStoragePath | None, call_id: str | None = None) -> Any:
+        # With output_path the worker writes only outputs it holds itself; a deferred call's file is
+        # the triggerer's to write (it holds them first).
+        if path is None:
+            # Every way out to XCom passes here, before the stored call is forgotten: outputs Airflow
+            # cannot store fail the task as they are, and a retry reattaches to the call instead of
+            # paying again. (A file written with output_path holds them whatever they are.)
+            check_storable(outputs, call_id=call_id)
+            return outputs
+        written = write_outputs(path, outputs)
+        self.log.info(
+            "Wrote the Banana outputs to %s: %d bytes, sha256 %s",
+            written.output_path,
+            written.digest.size,
+            written.digest.sha256,
+        )
+        return written.task_result()
+
+    def _event_result(self, call_id: str, outputs: EventOutputs) -> Any:
+        if isinstance(outputs, OutputsWritten):
+            self.log.info(
+                "The triggerer wrote the outputs of Banana call %s to %s: %d bytes, sha256 %s",
+                call_id,
+                outputs.output_path,
+                outputs.digest.size,
+                outputs.digest.sha256,
+            )
+            return outputs.task_result()
+        if isinstance(outputs, OutputsOnServer):
+            self.log.info(
+                "Fetching the outputs of Banana call %s (%d bytes, too large for the trigger's event) with one Check",
+                call_id,
+                outputs.digest.size,
+            )
+            outputs = self.hook.fetch_outputs(outputs)
+        return self._result(outputs, self._output_path(), call_id)
 
     def _wait_before_deferring(
         self, call_id: str, context: Context, started_at: float, stored: StoredCall
@@ -262,9 +340,10 @@ class BananaInferenceOperator(BaseOperator):
         except BananaCallError as e:
             outcome = e
         decision = reattach_decision(outcome)
+        if decision in (Reattach.FINISHED, Reattach.WAIT):
+            metrics.count(metrics.CALL_REATTACHED, **metrics.operator_tags(self))
         if decision is Reattach.FINISHED:
             self.log.info("Banana call %s from an earlier try has finished; returning its outputs", previous)
-            stored.forget()
             return previous, cast("BananaFinished", outcome).model_outputs
         if decision is Reattach.WAIT:
             self.log.info(
@@ -289,12 +368,13 @@ class BananaInferenceOperator(BaseOperator):
             stored.save(result.call_id)
         return result
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """
-        Return the outputs the trigger reported, or raise what it reported.
+        Return the outputs the trigger reported (fetched, if too large for its event), or raise what it reported.
 
         :raises BananaCallError: the inference failed (naming the call and Banana's message).
         :raises BananaTimeoutError: the timeout passed while deferred.
+        :raises BananaOutputsError: large outputs could not be fetched as the trigger saw them.
         :raises BananaError: a missing or malformed event.
         """
         stored = StoredCall(context, enabled=self.durable)
@@ -307,10 +387,12 @@ class BananaInferenceOperator(BaseOperator):
         except BananaCallError:
             stored.forget()
             raise
+        result = self._event_result(call_id, outputs)
         stored.forget()
         self.log.info("Banana call %s finished", call_id)
-        return outputs
+        return result
 
+    @metrics.counts_timeouts
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Resume after deferral; a deferral that timed out fails naming the call it waited for."""
         try:
@@ -325,6 +407,17 @@ class BananaInferenceOperator(BaseOperator):
             call_id = ti.xcom_pull(task_ids=ti.task_id, key="call_id", map_indexes=ti.map_index)
             limit = self.execution_timeout.total_seconds() if self.execution_timeout else self.timeout
             raise BananaTimeoutError(call_id, min(self.timeout, limit), f"deferral timed out: {e}") from e
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        Report the file written with ``output_path`` as an OpenLineage output dataset.
+
+        Called by the OpenLineage provider, where installed, when the task ends.
+
+        :param task_instance: the task instance (unused: the rendered ``output_path`` says it all).
+        :return: the provider's ``OperatorLineage``.
+        """
+        return lineage.files_lineage({}, {"output_path": self.output_path})
 
     def on_kill(self) -> None:
         """Log the running call: Banana v4 cannot cancel it."""
@@ -443,12 +536,15 @@ class BananaBatchInferenceOperator(BaseOperator):
         self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
         # Outputs taken from a wave, persisted with the next write of the plan.
         self._unsaved: dict[int, list[Any]] = {}
+        # The batch's finished and failed inputs already counted as metrics.
+        self._items_counted = (0, 0)
 
     @functools.cached_property
     def hook(self) -> BananaHook:
         """Return the hook (made on first use, so ``__init__`` does no connection lookup)."""
         return BananaHook(self.banana_conn_id, retry_policy=BananaRetryPolicy(max_attempts=self.max_attempts))
 
+    @metrics.counts_timeouts
     def execute(self, context: Context) -> Any:
         """Start the batch (or carry on with this task's earlier calls), then wait or defer."""
         with self._batch(context) as (source, output, plan, store):
@@ -467,17 +563,34 @@ class BananaBatchInferenceOperator(BaseOperator):
                     _counts(plan),
                     len(plan.running),
                 )
+                metrics.count(metrics.CALL_REATTACHED, n=len(plan.running), **metrics.operator_tags(self))
             # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
             store.begin_try(plan)
+            self._items_counted = (plan.finished, plan.failed_count)
             return self._advance(source, output, plan, store)
 
+    @metrics.counts_timeouts
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
         """Take a wave of results from the trigger, then start the next calls or finish."""
         with self._batch(context) as (source, output, plan, store):
             if store.load(plan) is None:
                 raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
-            self._take_wave(plan, store, Wave.from_event(event))
+            self._items_counted = (plan.finished, plan.failed_count)
+            self._take_wave(plan, store, self._fetch_on_server(Wave.from_event(event)))
             return self._advance(source, output, plan, store)
+
+    def _fetch_on_server(self, wave: Wave) -> Wave:
+        # Outputs too large for the wave's event stayed on the server: one Check each (free, not
+        # held: the calls have finished), verified against what the trigger saw.
+        if not wave.on_server:
+            return wave
+        finished = dict(wave.finished)
+        for call_id, left in wave.on_server.items():
+            finished[call_id] = self.hook.fetch_outputs(left)
+        self.log.info(
+            "Banana batch: fetched the outputs of %d calls, too large for the trigger's event", len(wave.on_server)
+        )
+        return dataclasses.replace(wave, finished=finished, on_server={})
 
     @contextlib.contextmanager
     def _batch(self, context: Context) -> Iterator[tuple[BatchInputs, JsonlOutput | None, BatchPlan, BatchStore]]:
@@ -543,6 +656,7 @@ class BananaBatchInferenceOperator(BaseOperator):
                 self._start_next(source, plan, store, worker)
                 self._flush(plan, store, output)
                 self.log.info("Banana batch: %s", _progress(plan, store, time.time() - started_at))
+                self._count_items(plan)
                 if plan.ended:
                     return self._finish(plan, store, output)
                 if time.time() >= deadline:
@@ -575,6 +689,14 @@ class BananaBatchInferenceOperator(BaseOperator):
                         timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
                     )
                 self._take_wave(plan, store, wave)
+
+    def _count_items(self, plan: BatchPlan) -> None:
+        # Counted as the progress line shows them: the inputs that ended since the last line.
+        finished, failed = self._items_counted
+        tags = metrics.operator_tags(self)
+        metrics.count(metrics.BATCH_INPUT_FINISHED, n=plan.finished - finished, **tags)
+        metrics.count(metrics.BATCH_INPUT_FAILED, n=plan.failed_count - failed, **tags)
+        self._items_counted = (plan.finished, plan.failed_count)
 
     def _start_next(self, source: BatchInputs, plan: BatchPlan, store: BatchStore, worker: BatchWorker) -> None:
         # Starts go out concurrently, at most max_starting at once. Each burst's inputs are saved
@@ -632,6 +754,12 @@ class BananaBatchInferenceOperator(BaseOperator):
             return e
         outputs = result.model_outputs if isinstance(result, BananaFinished) else None
         if outputs is not None:
+            try:
+                check_storable(outputs, call_id=result.call_id)
+            except BananaOutputsNotStorableError as e:
+                self.log.warning("Banana batch item %d: %s", index, e)
+                plan.outputs_not_storable(index, e.message, result.call_id)
+                return None
             new_outputs[index] = outputs
         # At debug level: the mapping is in the persisted plan (running calls) and the output file.
         self.log.debug("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
@@ -644,6 +772,14 @@ class BananaBatchInferenceOperator(BaseOperator):
         for call_id, message in wave.failed.items():
             if call_id in by_call:
                 self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
+        for call_id, message in wave.unstorable.items():
+            if call_id in by_call:
+                self.log.warning(
+                    "Banana batch item %d (call %s) finished, but fails for good (no new Start): %s",
+                    by_call[call_id],
+                    call_id,
+                    message,
+                )
         plan.record(wave)
         if wave.error or wave.timed_out:
             store.save(plan, new_outputs)
@@ -713,6 +849,17 @@ class BananaBatchInferenceOperator(BaseOperator):
             if not (plan.failed and plan.stop_on_failure):
                 store.clear()
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        Report ``input_path`` and ``output_path`` as OpenLineage input and output datasets.
+
+        Called by the OpenLineage provider, where installed, when the task ends.
+
+        :param task_instance: the task instance (unused: the rendered paths say it all).
+        :return: the provider's ``OperatorLineage``.
+        """
+        return lineage.files_lineage({"input_path": self.input_path}, {"output_path": self.output_path})
+
     def on_kill(self) -> None:
         """Say that the calls in flight run on: Banana v4 cannot cancel them."""
         self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
@@ -728,9 +875,9 @@ def _progress(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:
         f"{counts['running']} running, {counts['waiting']} waiting, {counts['failed']} failed after {elapsed:.1f} s"
     )
     this_try = ended - store.ended_at_start
-    if this_try > 0 and elapsed > 0:
+    if this_try > 0 and elapsed > 0 and ended < plan.size:
         rate = this_try / elapsed
-        line += f"; {rate:.1f} inputs/s, about {(plan.size - ended) / rate:.0f} s left"
+        line += f"; {rate:.1f} inputs/s, {time_left((plan.size - ended) / rate, estimate=True)}"
     return line
 
 

@@ -49,6 +49,12 @@ class StoredCall:
             self._store.set(CALL_ID_KEY, call_id)
 
     def forget(self) -> None:
-        """Drop the call id once the call ended, so clearing the task later starts a fresh call."""
+        """
+        Drop the call id once the call failed, or its outputs are on their way out of the task.
+
+        Not before: a try that fails with outputs Airflow cannot store keeps the id, so its retry
+        reattaches with a Check (free) rather than paying for a new Start. Dropped, clearing the
+        task later starts a fresh call.
+        """
         if self._store is not None:
             self._store.delete(CALL_ID_KEY)

@@ -18,6 +18,7 @@ except ImportError:  # Airflow 3.1 has them only in airflow.exceptions
 
 from airflow_provider_banana.contract import (
     BananaRetryPolicy,
+    OutputsOnServer,
     outputs_from_event,
     validate_call_id,
     validate_poll_interval,
@@ -109,12 +110,13 @@ class BananaCallSensor(BaseSensorOperator):
             return False
         return PokeReturnValue(is_done=True, xcom_value=result.model_outputs)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """
-        Return the outputs the trigger reported, or raise what it reported.
+        Return the outputs the trigger reported (fetched, if too large for its event), or raise what it reported.
 
         :raises AirflowSensorTimeout: the sensor's timeout passed.
         :raises BananaCallError: the call failed or is unknown.
+        :raises BananaOutputsError: large outputs could not be fetched as the trigger saw them.
         """
         try:
             call_id, outputs = outputs_from_event(event)
@@ -122,6 +124,13 @@ class BananaCallSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(str(e)) from e
         except BananaCallError as e:
             self._raise_failed(e)
+        if isinstance(outputs, OutputsOnServer):
+            self.log.info(
+                "Fetching the outputs of Banana call %s (%d bytes, too large for the trigger's event) with one Check",
+                call_id,
+                outputs.digest.size,
+            )
+            outputs = self.hook.fetch_outputs(outputs)
         self.log.info("Banana call %s finished", call_id)
         return outputs
 

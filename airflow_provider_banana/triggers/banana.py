@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_banana.batch.files import as_storage_path, write_outputs
 from airflow_provider_banana.batch.plan import Wave
 from airflow_provider_banana.batch.watch import DEFAULT_LINGER, wait_many
 from airflow_provider_banana.contract import (
@@ -15,12 +17,14 @@ from airflow_provider_banana.contract import (
     BananaRetryPolicy,
     CallWaiter,
     absolute_deadline,
+    check_storable,
     error_event,
     success_event,
     validate_call_id,
     validate_poll_interval,
     validate_seconds,
 )
+from airflow_provider_banana.contract.waiting import time_left
 from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook
 from airflow_provider_banana.redact import NO_SECRET, Redactor
@@ -28,6 +32,15 @@ from airflow_provider_banana.redact import NO_SECRET, Redactor
 #: Seconds between a deferral and its trigger's start past which the trigger resumes a watch begun
 #: elsewhere: picking up a fresh trigger takes a triggerer a few seconds, a takeover tens.
 RESUME_AFTER = 15.0
+
+
+def _where_outputs_went(event: dict[str, Any]) -> str:
+    # Never the outputs themselves: this log line, like Airflow's "Trigger fired event", stays small.
+    if event.get("output_path"):
+        return f"; outputs ({event['outputs_bytes']} bytes) written to {event['output_path']}"
+    if event.get("model_outputs") is None:
+        return f"; outputs ({event['outputs_bytes']} bytes) left on the server for the worker to fetch"
+    return ""
 
 
 class _BananaWaitTrigger(BaseTrigger):
@@ -107,10 +120,14 @@ class BananaCallTrigger(_BananaWaitTrigger):
     triggerer) carries on with the same call and deadline; two triggers watching one call are
     harmless, since Checks are read-only.
 
-    The event payload is a dict: ``status`` (``success``, ``failed``, ``timeout`` or ``error``),
+    The event payload is a dict: ``status`` (``success``, ``failed``, ``timeout``, ``error``, or
+    ``not_storable`` for outputs Airflow cannot store, with ``problems``: ``[path, reason]`` pairs),
     ``call_id``, ``model_outputs`` (the list, on success, else ``None``) and ``message``; and the
     watch's summary for the task's log, ``checks`` (Checks this trigger sent) and ``elapsed``
-    (seconds since the Start).
+    (seconds since the Start). Outputs past 64 KiB stay out of the event (Airflow stores it and
+    prints it in the trigger's log): ``model_outputs`` is then ``None`` and ``outputs_bytes`` and
+    ``outputs_sha256`` tell the worker what to fetch with one Check; with ``output_path`` the trigger
+    writes the outputs there and the event names the file (``output_path``) with the same two fields.
 
     The trigger logs when it starts watching (elapsed, time left, and whether it resumes a watch
     that began elsewhere: a takeover by another triggerer or a restart), a progress line at most
@@ -127,6 +144,8 @@ class BananaCallTrigger(_BananaWaitTrigger):
         before the trigger gives up with an ``error`` event.
     :param deferred_at: ``time.time()`` when the task deferred to this trigger (default: now); a
         trigger that starts well after it resumes a watch begun elsewhere, and says so.
+    :param output_path: a URI (``ObjectStoragePath``'s, its connection id in it) to write the
+        outputs to as JSON once the call finished, so that nothing depends on the server keeping them.
     """
 
     def __init__(
@@ -140,6 +159,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
         long_poll: bool = True,
         max_attempts: int = BananaRetryPolicy.max_attempts,
         deferred_at: float | None = None,
+        output_path: str | None = None,
     ) -> None:
         super().__init__(
             banana_conn_id,
@@ -151,17 +171,25 @@ class BananaCallTrigger(_BananaWaitTrigger):
         )
         self.call_id = validate_call_id(call_id)
         self.deferred_at = time.time() if deferred_at is None else absolute_deadline(deferred_at, "deferred_at")
+        if output_path is not None and not (isinstance(output_path, str) and output_path.strip()):
+            raise BananaConfigError(f"BananaCallTrigger's output_path must be a URI string, got {output_path!r}")
+        self.output_path = output_path
         self._waiter: CallWaiter | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the classpath and the small, secret-free kwargs that rebuild this trigger."""
-        return self._serialize(call_id=self.call_id, deferred_at=self.deferred_at)
+        # output_path only when given: the kwargs of a trigger without one stay as they were.
+        file = {"output_path": self.output_path} if self.output_path is not None else {}
+        return self._serialize(call_id=self.call_id, deferred_at=self.deferred_at, **file)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Check the call until it ends or the deadline passes; yield one event."""
         self._log_start()
         try:
             outputs = await self._wait()
+            # In a thread: serializing (and writing) megabytes of outputs would stall every trigger
+            # on this triggerer's loop.
+            event = await asyncio.to_thread(self._finished_event, outputs)
         except Exception as e:  # every failure becomes the one event the operator reads
             event = error_event(self.call_id, e, redactor=self._redactor, **self._summary())
             self.log.warning(
@@ -173,11 +201,24 @@ class BananaCallTrigger(_BananaWaitTrigger):
             )
             yield TriggerEvent(event)
             return
-        event = success_event(self.call_id, outputs, **self._summary())
         self.log.info(
-            "Banana call %s finished after %.1f s (Checks: %d)", self.call_id, event["elapsed"], event["checks"]
+            "Banana call %s finished after %.1f s (Checks: %d)%s",
+            self.call_id,
+            event["elapsed"],
+            event["checks"],
+            _where_outputs_went(event),
         )
         yield TriggerEvent(event)
+
+    def _finished_event(self, outputs: list[Any]) -> dict[str, Any]:
+        if self.output_path:
+            # The file holds the outputs whatever they are; the event and XCom only name it.
+            written = write_outputs(as_storage_path(self.output_path, "output_path"), outputs)
+            return success_event(self.call_id, outputs, written=written, **self._summary())
+        # Outputs Airflow cannot store would break the event itself (and the task's resume): the
+        # event names where and why instead, and the task keeps the call for a retry to reattach to.
+        check_storable(outputs, call_id=self.call_id)
+        return success_event(self.call_id, outputs, **self._summary())
 
     def _log_start(self) -> None:
         now = time.time()
@@ -189,10 +230,10 @@ class BananaCallTrigger(_BananaWaitTrigger):
             else ""
         )
         self.log.info(
-            "Watching Banana call %s: %.1f s since its Start, %.0f s left before the deadline%s",
+            "Watching Banana call %s: %.1f s since its Start, %s before the deadline%s",
             self.call_id,
             now - self.started_at,
-            self.deadline - now,
+            time_left(self.deadline - now),
             resumed,
         )
 
@@ -282,13 +323,17 @@ class BananaBatchTrigger(_BananaWaitTrigger):
             error = self._redactor(f"{type(e).__name__}: {e}")
             self.log.warning("Banana batch wait failed: %s", error)
             wave = Wave(error=error)
+        # In a thread: serializing megabytes of outputs would stall every trigger on this loop.
+        event = await asyncio.to_thread(wave.to_event)
         self.log.info(
-            "Banana batch wave: %d finished, %d failed, of %d calls in flight",
+            "Banana batch wave: %d finished (outputs of %d left on the server, too large for the event), "
+            "%d failed, of %d calls in flight",
             len(wave.finished),
+            len(event["on_server"]),
             len(wave.failed),
             len(self.call_ids),
         )
-        yield TriggerEvent(wave.to_event())
+        yield TriggerEvent(event)
 
     async def _wave(self) -> Wave:
         if self.expired:

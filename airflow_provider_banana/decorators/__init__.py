@@ -1,0 +1,1 @@
+"""TaskFlow decorators: ``@task.banana`` and ``@task.banana_batch`` (see :mod:`.banana`)."""
