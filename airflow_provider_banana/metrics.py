@@ -14,6 +14,7 @@ a metric must not fail an inference that is paid for.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from airflow_provider_banana.exceptions import BananaTimeoutError
 __all__ = [
     "METRICS",
     "Metric",
+    "Tags",
     "count",
     "counts_timeouts",
     "operator_tags",
@@ -68,7 +70,12 @@ START_UNANSWERED = Metric(
     _CONN_MODEL,
     "a Start that may have been taken (and billed) without an answer: a lost answer, a 5xx other than a refusal",
 )
-START_DURATION = Metric("banana.start.duration", "timer", _CONN_MODEL, "a Start's own round trip, when it was answered")
+START_DURATION = Metric(
+    "banana.start.duration",
+    "timer",
+    _CONN_MODEL,
+    "a Start's own round trip, when the server took it and answered (not a refused one)",
+)
 CHECK_SENT = Metric("banana.check.sent", "counter", _CONN, "each Check request sent, a retried one included")
 CALL_FAILED = Metric("banana.call.failed", "counter", _CONN, "a reply says the call failed")
 CALL_TIMEOUT = Metric(
@@ -107,78 +114,85 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+#: Where Airflow's metrics facade is, newest first: the Task SDK's (Airflow 3.2 and 3.3; 3.3's
+#: ``airflow.stats`` warns), then ``airflow.stats`` (3.1). Each is the one Airflow itself configures
+#: from ``[metrics]`` in task processes and the triggerer.
+_FACADES = ("airflow.sdk.observability.stats", "airflow.stats")
+
+
 @functools.cache
 def _facade() -> Any:
-    # Airflow 3.3 moved the facade to the Task SDK (airflow.stats warns there); 3.2 has it in
-    # airflow.observability, 3.1 in airflow.stats. Each is the one Airflow itself configures from
-    # [metrics] in task processes and the triggerer.
-    try:
-        from airflow.sdk.observability import stats
-
-        return stats
-    except ImportError:
-        pass
-    try:
-        from airflow.observability.stats import Stats  # type: ignore[import-not-found,unused-ignore]
-
-        return Stats
-    except ImportError:
-        pass
-    try:
-        from airflow.stats import Stats  # type: ignore[attr-defined,unused-ignore]
-
-        return Stats
-    except ImportError:
-        return None
+    for module_name in _FACADES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        # Airflow 3.1 and 3.2 have a Stats class; 3.3 has module functions, and Stats delegating to them.
+        return getattr(module, "Stats", module)
+    return None
 
 
-def _tags(metric: Metric, conn_id: str | None, model_key: str | None) -> dict[str, str]:
-    values = {"conn_id": conn_id, "model_key": model_key}
-    return {name: str(values[name]) for name in metric.tags if values.get(name)}
+@dataclass(frozen=True)
+class Tags:
+    """
+    The tags of a metric; each metric sends those its :attr:`Metric.tags` name, when set.
+
+    :param conn_id: the Banana connection id.
+    :param model_key: the model key (unknown to a Check, which names only its call).
+    """
+
+    conn_id: str | None
+    model_key: str | None = None
+
+    def of(self, metric: Metric) -> dict[str, str]:
+        """
+        Return the tags ``metric`` sends.
+
+        :param metric: one of :data:`METRICS`.
+        """
+        values = {"conn_id": self.conn_id, "model_key": self.model_key}
+        return {name: str(values[name]) for name in metric.tags if values.get(name)}
 
 
-def count(metric: Metric, *, conn_id: str | None, model_key: str | None = None, n: int = 1) -> None:
+def count(metric: Metric, tags: Tags, *, n: int = 1) -> None:
     """
     Add ``n`` to a counter.
 
     :param metric: one of :data:`METRICS`, a counter.
-    :param conn_id: the Banana connection id (a tag).
-    :param model_key: the model key (a tag, where the metric has it).
+    :param tags: the connection id and model key.
     :param n: how much to add; nothing is sent for 0.
     """
     facade = _facade()
     if facade is None or n <= 0:
         return
     try:
-        facade.incr(metric.name, n, tags=_tags(metric, conn_id, model_key))
+        facade.incr(metric.name, n, tags=tags.of(metric))
     except Exception:  # a metric never fails a paid call
         _log.debug("Could not send metric %s", metric.name, exc_info=True)
 
 
-def timing(metric: Metric, seconds: float, *, conn_id: str | None, model_key: str | None = None) -> None:
+def timing(metric: Metric, seconds: float, tags: Tags) -> None:
     """
     Send a timer's value.
 
     :param metric: one of :data:`METRICS`, a timer.
     :param seconds: the time measured; sent in milliseconds, as StatsD timers are.
-    :param conn_id: the Banana connection id (a tag).
-    :param model_key: the model key (a tag, where the metric has it).
+    :param tags: the connection id and model key.
     """
     facade = _facade()
     if facade is None:
         return
     try:
-        facade.timing(metric.name, max(seconds, 0.0) * 1000.0, tags=_tags(metric, conn_id, model_key))
+        facade.timing(metric.name, max(seconds, 0.0) * 1000.0, tags=tags.of(metric))
     except Exception:  # a metric never fails a paid call
         _log.debug("Could not send metric %s", metric.name, exc_info=True)
 
 
-def operator_tags(operator: Any) -> dict[str, str | None]:
+def operator_tags(operator: Any) -> Tags:
     """
     Return the tags of an operator's metrics: its connection id and model key.
 
     :param operator: a Banana operator (``banana_conn_id``, ``model_key``, ``hook``).
-    :return: keyword arguments for :func:`count` and :func:`timing`.
     """
     model_key = getattr(operator, "model_key", None)
     if not model_key:
@@ -186,7 +200,7 @@ def operator_tags(operator: Any) -> dict[str, str | None]:
             model_key = operator.hook.settings.model_key
         except Exception:  # a bad connection fails the task on its own; the metric goes untagged
             model_key = None
-    return {"conn_id": getattr(operator, "banana_conn_id", None), "model_key": model_key}
+    return Tags(getattr(operator, "banana_conn_id", None), model_key)
 
 
 def counts_timeouts(method: F) -> F:
@@ -205,7 +219,7 @@ def counts_timeouts(method: F) -> F:
         try:
             return method(self, *args, **kwargs)
         except BananaTimeoutError:
-            count(CALL_TIMEOUT, **operator_tags(self))
+            count(CALL_TIMEOUT, operator_tags(self))
             raise
 
     return wrapper  # type: ignore[return-value]

@@ -228,7 +228,10 @@ class LogScrubber(logging.Filter):
 
         :param redactor: a key's redactor.
         """
-        if redactor._pattern is None:
+        # A placeholder key (``x``, ``test``) would mask every "x" and "test" in every record of
+        # every connection of the process, for a key that guards nothing (Airflow's own masker skips
+        # secrets under 5 characters for the same reason); the provider's own texts still mask it.
+        if redactor._pattern is None or redactor._length < MIN_SECRET_LENGTH:
             return
         with self._lock:
             self._redactors[redactor] = None

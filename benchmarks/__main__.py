@@ -2,7 +2,7 @@
 
 Usage (``bash scripts/bench.sh`` sets up the environment and runs this)::
 
-    python -m benchmarks [--full] [--only capacity,hook,import,server,batch] [--json results.json]
+    python -m benchmarks [--full] [--only capacity,hook,import,server,stall,batch] [--json results.json]
 
 Parts, in order:
 
@@ -12,7 +12,10 @@ Parts, in order:
 3. ``import``: :mod:`benchmarks.import_cost`, the operator module's import time;
 4. ``server``: :mod:`benchmarks.devserver_capacity` with the raw client, the local server's own
    long-poll capacity and Start/Check throughput (N = 1,000; ``--full``: 10,000);
-5. ``batch``: :mod:`benchmarks.batch_vs_mapping`, one batch task against dynamic task mapping on
+5. ``stall``: :mod:`benchmarks.loop_stall`, how long the event loop stands still while the async hook
+   reads a 64 MB reply of a million records, a 50 MB string and 50 MB of embeddings, today's hook
+   beside :data:`benchmarks.loop_stall.BASELINE` (about 2 minutes);
+6. ``batch``: :mod:`benchmarks.batch_vs_mapping`, one batch task against dynamic task mapping on
    real Airflow components (N = 1,000 and 10,000; about 35 minutes, so only with ``--full`` or
    ``--only batch``).
 
@@ -31,12 +34,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import batch_vs_mapping, devserver_capacity, hook_vs_sdk, import_cost, triggerer_capacity
+from benchmarks import batch_vs_mapping, devserver_capacity, hook_vs_sdk, import_cost, loop_stall, triggerer_capacity
 from benchmarks.common import load_average, machine, raise_fd_limit
 
-PARTS = ("capacity", "hook", "import", "server", "batch")
+PARTS = ("capacity", "hook", "import", "server", "stall", "batch")
 #: The parts of a run without --full or --only.
-DEFAULT_PARTS = PARTS[:4]
+DEFAULT_PARTS = PARTS[:5]
 
 #: (kind, N) of the default run: each baseline where it is not saturated and at 1,000, and the
 #: provider's trigger on aiohttp beside its last httpx revision (HTTPX_BASELINE) at 1,000.
@@ -115,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             imports = import_cost.measure(repeat=5)
             import_cost.report(imports)
             results[part] = imports
+        elif part == "stall":
+            stalls = loop_stall.run(loop_stall.KINDS, loop_stall.SHAPES, repeat=3)
+            loop_stall.report(stalls)
+            ok &= all(r["exact"] for r in stalls)
+            results[part] = stalls
         elif part == "batch":
             sizes = [1000, 10000]
             batches = batch_vs_mapping.run(sizes, batch_vs_mapping.SCENARIOS)

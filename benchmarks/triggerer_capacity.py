@@ -33,6 +33,16 @@ that a change can be measured side by side with what it replaces, in one run and
 ``naive-5`` and ``naive-60`` are :class:`benchmarks.naive_trigger.NaivePollTrigger` at a 5 s and a
 60 s poll interval (a new client per Check, no long poll), the baselines.
 
+With ``--wave``, the finishes are placed to meet the first re-poll wave on purpose: the child
+builds its triggers at an instant the parent chose, so the first long polls end around
+``CHECK_HOLD`` seconds later; a share of the calls (``--wave-share``) finishes in a band there,
+the rest after it. The parent samples the server's Check counter ten times a second around that
+wave and reports how the first round of re-sent Checks spread (the time from 5 % to 95 % of them,
+and the most sent in any one second), the child reports its event loop's longest stall (a 50 ms
+heartbeat's lateness), and the detection delay of the calls that finished in the band is shown
+apart. Run the kinds side by side (``--kinds banana,banana@HEAD``) to compare with the code a
+change replaces.
+
 Every request goes to 127.0.0.1; every loop is bounded and the run ends by itself.
 """
 
@@ -123,7 +133,20 @@ async def _first_event(trigger: Any) -> tuple[float, str, str]:
     return time.time(), str(event.payload.get("status")), str(event.payload.get("message"))
 
 
-async def _hold_all(kind: str, calls: Sequence[tuple[str, float]], url: str, server_pid: int) -> dict[str, Any]:
+async def _heartbeat(stalls: list[float]) -> None:
+    # The loop's longest stall: how late a 50 ms sleep wakes, the time a ready callback waits.
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        await asyncio.sleep(0.05)
+        stalls[0] = max(stalls[0], loop.time() - began - 0.05)
+
+
+async def _hold_all(
+    kind: str, calls: Sequence[tuple[str, float]], url: str, server_pid: int, build_at: float | None = None
+) -> dict[str, Any]:
+    if build_at is not None:
+        await asyncio.sleep(max(0.0, build_at - time.time()))
     n = len(calls)
     first_finish = min(until for _, until in calls)
     gc.collect()
@@ -153,21 +176,26 @@ async def _hold_all(kind: str, calls: Sequence[tuple[str, float]], url: str, ser
         loop.time() + (first_finish - 0.2 - time.time()), lambda: rss_all_held.append(proc_status_kib("self", "VmRSS"))
     )
 
+    stalls = [0.0]
+    heartbeat = asyncio.create_task(_heartbeat(stalls))
     tasks = []
+    build_began = time.time()
     for call_id, _ in calls:
         tasks.append(asyncio.create_task(_first_event(_make_trigger(kind, call_id, time.time()))))
         await asyncio.sleep(0)  # Airflow's triggerer yields to the loop between two new triggers
     built = time.time()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    heartbeat.cancel()
     cpu = time.process_time() - cpu_before
     gc.callbacks.remove(time_gc)
     server_cpu = cpu_seconds(server_pid) - server_cpu_before
     rss_peak = proc_status_kib("self", "VmHWM")
     stats_after = _admin_stats(url)
     delays = []
+    delays_by_call: dict[str, float] = {}
     problems: list[str] = []
     statuses: dict[str, int] = {}
-    for outcome, (_, until) in zip(outcomes, calls, strict=True):
+    for outcome, (call_id, until) in zip(outcomes, calls, strict=True):
         if isinstance(outcome, BaseException):
             statuses[type(outcome).__name__] = statuses.get(type(outcome).__name__, 0) + 1
             continue
@@ -175,6 +203,7 @@ async def _hold_all(kind: str, calls: Sequence[tuple[str, float]], url: str, ser
         statuses[status] = statuses.get(status, 0) + 1
         if status == "success":
             delays.append(at - until)
+            delays_by_call[call_id] = at - until
         elif len(problems) < 5:
             problems.append(message[:300])
     return {
@@ -194,6 +223,9 @@ async def _hold_all(kind: str, calls: Sequence[tuple[str, float]], url: str, ser
         "server_cpu_seconds": server_cpu,
         "check_requests": stats_after["check_requests"] - stats_before["check_requests"],
         "delays": summarize(delays),
+        "delays_by_call": delays_by_call,
+        "build_began": build_began,
+        "loop_stall_max_seconds": stalls[0],
     }
 
 
@@ -224,7 +256,7 @@ def child_main(answer_fd: int) -> int:
     print("READY", airflow_provider_banana.__file__, file=answers, flush=True)
     plan = json.loads(sys.stdin.readline())
     calls = [(call_id, until) for call_id, until in plan["calls"]]
-    result = asyncio.run(_hold_all(config["kind"], calls, config["url"], config["server_pid"]))
+    result = asyncio.run(_hold_all(config["kind"], calls, config["url"], config["server_pid"], plan.get("build_at")))
     print(json.dumps(result), file=answers, flush=True)
     return 0
 
@@ -246,20 +278,75 @@ def provider_at(ref: str, into: Path) -> Path:
     return into
 
 
-def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any]:
+def wave_band_seconds(n: int) -> float:
+    """Return the width of the band of finishes placed on the first re-poll wave (``--wave``).
+
+    The first long polls go out while the child builds its triggers, so the wave is about as wide
+    as that: a few seconds at thousands of triggers.
+
+    :param n: the number of triggers.
+    """
+    return 2.0 + n / 1000
+
+
+def _sample_checks(srv: Any, child: subprocess.Popen[bytes], since: float, until: float) -> list[tuple[float, int]]:
+    """Sample the server's Check counter ten times a second between two instants (``--wave``).
+
+    :param srv: the DevServer.
+    :param child: the child process (sampling stops when it ends).
+    :param since: when to begin.
+    :param until: when to stop.
+    """
+    samples: list[tuple[float, int]] = []
+    time.sleep(max(0.0, since - time.time()))
+    while time.time() < until and child.poll() is None:
+        with contextlib.suppress(Exception):  # the server is busy; the next sample will do
+            samples.append((time.time(), int(srv.stats()["check_requests"])))
+        time.sleep(0.1)
+    return samples
+
+
+def wave_figures(samples: Sequence[tuple[float, int]], base: int, n: int) -> dict[str, float | None]:
+    """Return how the first round of re-sent Checks spread, from the server's counter.
+
+    :param samples: ``(time.time(), check_requests)`` ten times a second around the first wave.
+    :param base: the counter before the child built its triggers.
+    :param n: the number of triggers (each sends one first Check before any re-send).
+    """
+    resent = [(at, count - base - n) for at, count in samples]
+    total = resent[-1][1] if resent else 0
+    if total <= 0:
+        return {"resent": total, "span": None, "peak_per_second": None}
+
+    def when(share: float) -> float:
+        return next(at for at, count in resent if count >= share * total)
+
+    peak = 0
+    for i, (at, count) in enumerate(resent):
+        later = [c for t, c in resent[i:] if t <= at + 1.0]
+        peak = max(peak, later[-1] - count)
+    return {"resent": total, "span": when(0.95) - when(0.05), "peak_per_second": peak}
+
+
+def measure(
+    kind: str, n: int, window: float, *, seed: int = 1, wave: bool = False, wave_share: float = 0.2
+) -> dict[str, Any]:
     """Run one measurement: N triggers of one kind against a fresh server.
 
     :param kind: one of :data:`KINDS`.
     :param n: concurrent triggers (and calls).
     :param window: seconds over which the calls' finishes are spread.
     :param seed: shuffles which trigger gets which finish time.
+    :param wave: place ``wave_share`` of the finishes on the first re-poll wave (see the module docstring).
+    :param wave_share: the share of calls that finish in the wave's band.
     :return: the child's figures, plus the server's view (long polls held).
     """
     from airflow_provider_banana.devserver.testing import DevServer
 
     lead = lead_seconds(n)
     interval = _POLL_INTERVALS.get(kind, 0.0)
-    limit = 120 + lead + window + interval + CHECK_HOLD
+    band = wave_band_seconds(n)
+    limit = 120 + lead + window + interval + CHECK_HOLD + (CHECK_HOLD + band if wave else 0)
     with (
         DevServer(start_hold=2, check_hold=CHECK_HOLD, replicas=n + 8, log_level="warning", startup_timeout=60) as srv,
         tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp,
@@ -309,16 +396,40 @@ def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any
             # The Starts below take about 1 ms each on this machine; the lead counts from their end.
             first_finish = time.time() + 2.0 + n / 1000 + lead
             untils = [first_finish + window * i / max(n - 1, 1) for i in range(n)]
+            plan: dict[str, Any] = {}
+            in_band = 0
+            if wave:
+                # The child builds its triggers at build_at; their first holds end about CHECK_HOLD
+                # later: a share of the calls finishes in a band there, the rest after it.
+                build_at = time.time() + 3.0 + n / 1000
+                band_from = build_at + CHECK_HOLD
+                in_band = round(n * wave_share)
+                untils = [band_from + band * i / max(in_band - 1, 1) for i in range(in_band)] + [
+                    band_from + band + 5 + window * i / max(n - in_band - 1, 1) for i in range(n - in_band)
+                ]
+                first_finish = band_from
+                plan["build_at"] = build_at
             random.Random(seed).shuffle(untils)
             call_ids = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, untils))
-            if time.time() > first_finish - lead / 2:
+            if time.time() > (plan["build_at"] - 0.5 if wave else first_finish - lead / 2):
                 raise RuntimeError("starting the calls took longer than planned; raise the start allowance")
-            child.stdin.write((json.dumps({"calls": list(zip(call_ids, untils, strict=True))}) + "\n").encode())
+            plan["calls"] = list(zip(call_ids, untils, strict=True))
+            checks_before = int(srv.stats()["check_requests"])
+            child.stdin.write((json.dumps(plan) + "\n").encode())
             child.stdin.flush()
             handed_over = time.time()
+            sampled: list[list[tuple[float, int]]] = []
+            sampler = None
+            if wave:
+                # From 30 % of the hold (every first Check sent) to well past the band.
+                sample_args = (srv, child, plan["build_at"] + 0.3 * CHECK_HOLD, first_finish + band + 20)
+                sampler = threading.Thread(target=lambda: sampled.append(_sample_checks(*sample_args)), daemon=True)
+                sampler.start()
             held = _watch_server(srv, child, first_finish)
             line = answers.readline()
             child.wait()
+            if sampler is not None:
+                sampler.join()
         finally:
             answers.close()
             watchdog.cancel()
@@ -329,6 +440,15 @@ def measure(kind: str, n: int, window: float, *, seed: int = 1) -> dict[str, Any
             raise RuntimeError(f"the child died:\n{log_path.read_text()[-3000:]}")
         result: dict[str, Any] = json.loads(line)
         result.update(held)
+        by_call = result.pop("delays_by_call")
+        if wave:
+            band_calls = {call_id for call_id, until in plan["calls"] if until < first_finish + band + 1}
+            result["wave"] = {
+                "in_band": in_band,
+                "band_seconds": band,
+                "delays_in_band": summarize([d for c, d in by_call.items() if c in band_calls]),
+                **wave_figures(sampled[0] if sampled else [], checks_before, n),
+            }
         result["lead_seconds"] = first_finish - handed_over
         result["window_seconds"] = window
         result["server_peak_rss_kib"] = None
@@ -422,6 +542,46 @@ def report(results: Sequence[dict[str, Any]]) -> None:
     )
 
 
+def report_wave(results: Sequence[dict[str, Any]]) -> None:
+    """Print the re-poll wave figures of the ``--wave`` measurements, one row per measurement.
+
+    :param results: what :func:`measure` returned.
+    """
+    rows = []
+    for r in results:
+        w = r.get("wave")
+        if not w:
+            continue
+        d = w["delays_in_band"]
+        rows.append(
+            [
+                r["kind"],
+                f"{r['n']:,}",
+                f"{w['in_band']:,} in {w['band_seconds']:.0f} s",
+                f"{fmt_seconds(d['p50'])} / {fmt_seconds(d['p99'])} / {fmt_seconds(d['max'])}",
+                f"{w['resent']:,}",
+                fmt_seconds(w["span"]) if w["span"] is not None else "-",
+                f"{w['peak_per_second']:,}" if w["peak_per_second"] is not None else "-",
+                fmt_seconds(r["loop_stall_max_seconds"]),
+            ]
+        )
+    if rows:
+        print_table(
+            "Re-poll wave: the first round of re-sent Checks, and calls finishing in it",
+            [
+                "trigger",
+                "N",
+                "finishes placed in the wave",
+                "their detection p50 / p99 / max",
+                "Checks re-sent in the round",
+                "5-95 % of them within",
+                "most re-sent in 1 s",
+                "longest loop stall",
+            ],
+            rows,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurements named on the command line and print the table.
 
@@ -439,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--window", type=float, default=60.0, help="seconds the finishes are spread over")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    parser.add_argument("--wave", action="store_true", help="place finishes on the first re-poll wave and measure it")
+    parser.add_argument("--wave-share", type=float, default=0.2, help="share of calls finishing in the wave's band")
     args = parser.parse_args(argv)
     if args.child:
         return child_main(args.answer_fd)
@@ -447,8 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind in args.kinds.split(","):
         for n in (int(x) for x in args.n.split(",")):
             print(f"measuring {kind} with N={n:,} ...", file=sys.stderr, flush=True)
-            results.append(measure(kind, n, args.window))
+            results.append(measure(kind, n, args.window, wave=args.wave, wave_share=args.wave_share))
     report(results)
+    report_wave(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0 if all(r["completed"] == r["n"] for r in results) else 1

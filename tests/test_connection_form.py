@@ -113,7 +113,6 @@ def test_airflow_3_1_shows_no_model_key_field() -> None:
         pytest.param({"model_key": None}, None, id="null-as-the-form-wrote-it"),
         pytest.param({"model_key": ""}, None, id="blank-as-the-form-now-starts"),
         pytest.param({"model_key": "wordcount"}, "wordcount", id="set"),
-        pytest.param({"extra__banana__model_key": "wordcount"}, "wordcount", id="prefixed"),
     ],
 )
 def test_from_connection_reads_a_blank_or_null_model_key_as_none(

@@ -78,7 +78,8 @@ def test_the_oldest_results_are_dropped_early_and_the_log_says_so(srv: DevServer
     third = image(session, srv, "c")  # three results would pass the cap: the oldest goes, long before its TTL
 
     gone = check(session, srv, first["callID"])
-    assert MISSING in gone["message"] and gone["modelOutputs"] is None
+    assert MISSING in gone["message"]
+    assert gone["modelOutputs"] is None
     assert check(session, srv, second["callID"])["modelOutputs"] == second["modelOutputs"]
     assert check(session, srv, third["callID"])["modelOutputs"] == third["modelOutputs"]
     log = srv.log_text()
@@ -92,13 +93,17 @@ def test_a_start_is_refused_with_a_v4_error_while_running_inputs_fill_the_cap(
 ) -> None:
     padding = "x" * 60_000
     running = start(session, srv, "sleep", {"seconds": 3, "result": padding}, start_only=True)
-    assert running["callID"] and running["finished"] is False
+    assert running["callID"]
+    assert running["finished"] is False
 
     # Large inputs, small outputs: the sleep model echoes only its "result".
     refused = start(session, srv, "sleep", {"seconds": 0, "padding": padding})
     # The v4 form of a failed Start: HTTP 200, "error" in message, no call.
-    assert "error" in refused["message"] and "--max-held-bytes" in refused["message"]
-    assert refused["callID"] == "" and refused["finished"] is False and refused["modelOutputs"] is None
+    assert "error" in refused["message"]
+    assert "--max-held-bytes" in refused["message"]
+    assert refused["callID"] == ""
+    assert refused["finished"] is False
+    assert refused["modelOutputs"] is None
     assert srv.stats()["starts_taken"] == 1
     assert "Refused a Start of" in srv.log_text()
 
@@ -109,7 +114,8 @@ def test_a_start_is_refused_with_a_v4_error_while_running_inputs_fill_the_cap(
         assert time.monotonic() < deadline, "the sleeping call never finished"
         time.sleep(0.2)
     taken = start(session, srv, "sleep", {"seconds": 0, "padding": padding})
-    assert taken["finished"] is True and taken["modelOutputs"] == [{"slept": 0, "result": None}]
+    assert taken["finished"] is True
+    assert taken["modelOutputs"] == [{"slept": 0, "result": None}]
     assert MISSING in check(session, srv, running["callID"])["message"]
     assert srv.stats()["starts_taken"] == 2
 
@@ -117,8 +123,10 @@ def test_a_start_is_refused_with_a_v4_error_while_running_inputs_fill_the_cap(
 def test_outputs_larger_than_the_cap_fail_their_call(srv: DevServer, session: requests.Session) -> None:
     reply = start(session, srv, "bytes", {"size": CAP + 1})
 
-    assert reply["finished"] is False and reply["modelOutputs"] is None
-    assert "error" in reply["message"] and "--max-held-bytes (100000)" in reply["message"]
+    assert reply["finished"] is False
+    assert reply["modelOutputs"] is None
+    assert "error" in reply["message"]
+    assert "--max-held-bytes (100000)" in reply["message"]
     assert MISSING not in check(session, srv, reply["callID"])["message"]  # failed, and kept as failed
 
 
@@ -154,8 +162,10 @@ def test_help_names_the_cap_and_the_retention() -> None:
         timeout=60,
     ).stdout
     flat = " ".join(shown.split())
-    assert "--max-held-bytes BYTES" in flat and f"default: {DEFAULT_MAX_HELD_BYTES}, 256 MiB" in flat
-    assert "--result-ttl SECONDS" in flat and "when --max-held-bytes needs the room" in flat
+    assert "--max-held-bytes BYTES" in flat
+    assert f"default: {DEFAULT_MAX_HELD_BYTES}, 256 MiB" in flat
+    assert "--result-ttl SECONDS" in flat
+    assert "when --max-held-bytes needs the room" in flat
 
 
 @pytest.mark.parametrize(

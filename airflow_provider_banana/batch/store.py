@@ -9,9 +9,14 @@ back by later tries, possibly of a newer version of this provider: add keys, nev
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_banana.contract.deadline import deadline_for
+
 if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
     from airflow.sdk import Context
 
     from airflow_provider_banana.batch.plan import BatchPlan
@@ -19,6 +24,18 @@ if TYPE_CHECKING:
 #: ``task_state_store`` (or XCom) keys of a batch: the plan, and its outputs in chunks.
 BATCH_STATE_KEY = "banana_batch_state"
 BATCH_CHUNK_KEY = "banana_batch_outputs_{}"
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """
+    A persisted plan, found again and loaded: the batch carries on with it.
+
+    :param new_try: the plan was saved by an earlier try of the task (this is a retry), not by this
+        try before a deferral.
+    """
+
+    new_try: bool
 
 
 class BatchStore:
@@ -47,6 +64,10 @@ class BatchStore:
         #: ``time.time()`` when this try of the batch started: its deadline counts from here. Kept
         #: in the plan, not in the deferral's kwargs, which dag.test() does not hand back.
         self.started_at = time.time()
+        #: ``time.time()`` this try must end by (see :func:`~airflow_provider_banana.contract.deadline_for`),
+        #: fixed when the try begins and kept in the plan: ``ti.start_date``, which ``execution_timeout``
+        #: counts from, is not the try's start again after a deferral everywhere (``dag.test()``).
+        self.deadline: float | None = None
 
     @property
     def durable(self) -> bool:
@@ -64,31 +85,47 @@ class BatchStore:
         else:
             self._ti.xcom_push(key=key, value=value)
 
-    def load(self, plan: BatchPlan) -> Any:
+    def load(self, plan: BatchPlan) -> Resumed | None:
         """
-        Load the persisted plan into ``plan``; return its state dict, or ``None`` if there is none.
+        Load the persisted plan into ``plan``; return how it resumes, or ``None`` if there is none.
 
         :param plan: a fresh plan for the same inputs.
         """
         state = self._get(BATCH_STATE_KEY)
         if not isinstance(state, dict) or not plan.restore(state):
             return None
+        same_try = state.get("try_number") == self._ti.try_number
         self.chunks = int(state.get("chunks", 0))
         self.parts = int(state.get("parts", 0))
         counts = plan.progress()
         self.ended_at_start = counts["finished"] + counts["failed"]
-        if state.get("try_number") == self._ti.try_number and isinstance(state.get("started_at"), (int, float)):
+        if same_try and isinstance(state.get("started_at"), (int, float)):
             self.started_at = float(state["started_at"])
             self.ended_at_start = int(state.get("ended_at_start", self.ended_at_start))
-        return state
+            deadline = state.get("deadline")
+            self.deadline = float(deadline) if isinstance(deadline, (int, float)) else None
+        return Resumed(new_try=not same_try)
 
-    def begin_try(self, plan: BatchPlan) -> None:
+    def begin_try(
+        self,
+        plan: BatchPlan,
+        *,
+        timeout: float,
+        task_started: datetime | None = None,
+        execution_timeout: timedelta | None = None,
+    ) -> None:
         """
-        Start this try's clock and its count of ended inputs (the deadline and the rate count from here).
+        Start this try's clock, its deadline and its count of ended inputs (the rate counts from here).
 
         :param plan: the plan as this try found it.
+        :param timeout: seconds the try may take.
+        :param task_started: when the task's try started (``ti.start_date``), if known.
+        :param execution_timeout: the task's ``execution_timeout``, if any: the deadline is the earlier.
         """
         self.started_at = time.time()
+        self.deadline = deadline_for(
+            self.started_at, timeout, task_started=task_started, execution_timeout=execution_timeout
+        )
         counts = plan.progress()
         self.ended_at_start = counts["finished"] + counts["failed"]
 
@@ -128,6 +165,7 @@ class BatchStore:
                 "try_number": self._ti.try_number,
                 "started_at": self.started_at,
                 "ended_at_start": self.ended_at_start,
+                "deadline": self.deadline,
             },
         )
 

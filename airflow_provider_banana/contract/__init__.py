@@ -15,7 +15,10 @@ change:
 * :mod:`.stepwise`: a large body parsed in short steps, so that a thread parsing it lets an event
   loop in the same process run;
 * :mod:`.failures`: a transport failure, as the I/O layer saw it, turned into our exception;
-* :mod:`.retries`: the one retry policy, fed to both ``tenacity.Retrying`` and ``AsyncRetrying``;
+* :mod:`.retries`: the one retry policy: ``tenacity.Retrying``'s arguments for the sync hook, and
+  ``pause_before_retry`` (the same decisions) for the async hook's own loop;
+* :mod:`.deadline`: when a wait must end (``timeout`` or ``execution_timeout``), and the error
+  that says it did not;
 * :mod:`.waiting`: the pacing of Checks and the reattachment of a retried task to its call;
 * :mod:`.storable`: whether Airflow can store a call's outputs (XCom, trigger events, task state);
 * :mod:`.events`: the trigger event payloads, stored in Airflow's database (a change there is a
@@ -28,6 +31,13 @@ all of them.
 
 from __future__ import annotations
 
+from airflow_provider_banana.contract.deadline import (
+    batch_timeout_error,
+    budget,
+    call_timeout_error,
+    deadline_for,
+    task_started,
+)
 from airflow_provider_banana.contract.events import (
     MAX_EVENT_OUTPUTS_BYTES,
     EventOutputs,
@@ -110,7 +120,6 @@ from airflow_provider_banana.contract.validation import (
     validate_model_inputs,
     validate_model_key,
     validate_poll_interval,
-    validate_positive,
     validate_seconds,
 )
 from airflow_provider_banana.contract.waiting import (
@@ -167,13 +176,17 @@ __all__ = [
     "TransportFailure",
     "WaitStep",
     "absolute_deadline",
+    "batch_timeout_error",
+    "budget",
     "build_check_body",
     "build_start_body",
     "bypasses_proxy",
     "call_error",
+    "call_timeout_error",
     "canonical_outputs",
     "check_storable",
     "classify_error",
+    "deadline_for",
     "describe_retry",
     "endpoint_url",
     "error_event",
@@ -198,6 +211,7 @@ __all__ = [
     "reply_too_large",
     "start_refused",
     "success_event",
+    "task_started",
     "transport_error",
     "undecodable_reply",
     "unexpected_transport_error",
@@ -213,7 +227,6 @@ __all__ = [
     "validate_model_inputs",
     "validate_model_key",
     "validate_poll_interval",
-    "validate_positive",
     "validate_seconds",
     "wave_outputs_event",
     "wave_outputs_from_event",

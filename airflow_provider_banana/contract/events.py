@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
 from airflow_provider_banana.contract._text import describe_error
 from airflow_provider_banana.contract.replies import BananaFinished, BananaResult, call_error
+from airflow_provider_banana.contract.stepwise import dumps_in_steps
 from airflow_provider_banana.exceptions import (
     BananaCallError,
     BananaCallNotFoundError,
@@ -41,50 +40,15 @@ def canonical_outputs(model_outputs: list[Any]) -> bytes:
     :func:`~airflow_provider_banana.contract.parse_reply`, get the same bytes from the same outputs.
 
     The bytes are exactly ``json.dumps(model_outputs, ensure_ascii=False, separators=(",", ":"))``
-    in UTF-8, but made in pieces: one ``json.dumps`` of a 50 MB string is one C call that holds the
-    GIL for a sixth of a second, and with it the triggerer's event loop, though it runs in a thread.
+    in UTF-8, written in short steps (:func:`~airflow_provider_banana.contract.stepwise.dumps_in_steps`):
+    one ``json.dumps`` of tens of MiB is one C call that holds the GIL for seconds, and with it the
+    triggerer's event loop, though it runs in a thread.
 
     :param model_outputs: the parsed ``modelOutputs`` list.
     """
+    text = dumps_in_steps(model_outputs, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
     # A JSON "\ud800" escape parses to a lone surrogate, which strict UTF-8 refuses to encode.
-    return b"".join(part.encode("utf-8", "surrogatepass") for part in _canonical_parts(model_outputs, 0))
-
-
-#: Strings longer than this are escaped a slice at a time (JSON escapes each character alone, so
-#: the slices' escapes are the whole string's).
-_SLICE = 1 << 20
-#: Lists and objects of up to this many items, this deep, are walked for such strings; anything
-#: else is serialized whole (a walk in Python of a million small records would cost more).
-_WALK_ITEMS = 64
-_WALK_DEPTH = 8
-
-
-def _canonical_parts(value: Any, depth: int) -> Iterator[str]:
-    if isinstance(value, str) and len(value) > _SLICE:
-        yield '"'
-        for start in range(0, len(value), _SLICE):
-            yield encode_basestring(value[start : start + _SLICE])[1:-1]
-        yield '"'
-    elif isinstance(value, list) and len(value) <= _WALK_ITEMS and depth < _WALK_DEPTH:
-        yield "["
-        for index, item in enumerate(value):
-            if index:
-                yield ","
-            yield from _canonical_parts(item, depth + 1)
-        yield "]"
-    elif (
-        isinstance(value, dict)
-        and len(value) <= _WALK_ITEMS
-        and depth < _WALK_DEPTH
-        and all(isinstance(key, str) for key in value)  # json.dumps turns other keys into strings
-    ):
-        yield "{"
-        for index, (key, item) in enumerate(value.items()):
-            yield ("," if index else "") + encode_basestring(key) + ":"
-            yield from _canonical_parts(item, depth + 1)
-        yield "}"
-    else:
-        yield json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    return text.encode("utf-8", "surrogatepass")
 
 
 @dataclass(frozen=True)
@@ -216,8 +180,6 @@ class EventStatus(str, enum.Enum):
     #: The call finished, but Airflow cannot store its outputs: the event names where and why
     #: (``problems``), never the outputs, and the task keeps the call for a retry to reattach to.
     NOT_STORABLE = "not_storable"
-    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
-    SUCCESS = "success"
 
 
 def classify_error(error: BaseException, redactor: Redactor | None = None) -> tuple[EventStatus, str]:

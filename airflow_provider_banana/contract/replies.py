@@ -37,8 +37,6 @@ class CallState(str, enum.Enum):
 
     RUNNING = "running"
     FINISHED = "finished"
-    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
-    SUCCEEDED = "finished"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +67,6 @@ class BananaRunning(_Reply):
 
     call_id: str
     finished: ClassVar[bool] = False
-    model_outputs: ClassVar[None] = None
 
     @property
     def state(self) -> CallState:
@@ -196,8 +193,8 @@ def _load_json(content: bytes, *, in_steps: bool = False) -> Any:
     return load_json(content, parse_int=_parse_int)
 
 
-# Digits become "0", exponent letters "e", signs "s": a number's shape, found by fast substring search.
-_NUMBER_SHAPES = bytes.maketrans(b"0123456789eE+-", b"0000000000eess")
+# Digits become "0", exponent letters "e", a plus "p": a number's shape, found by fast substring search.
+_NUMBER_SHAPES = bytes.maketrans(b"0123456789eE+", b"0000000000eep")
 # Bytes looked through in one call, so that a thread doing it lets the event loop run between two.
 _SCAN_STEP = 1024 * 1024
 
@@ -207,8 +204,8 @@ def may_hold_non_finite(raw: bytes) -> bool:
     Return whether a JSON body may parse to NaN or Infinity somewhere; ``False`` is certain.
 
     Python's parser gives them for the tokens ``NaN``, ``Infinity``, ``-Infinity``, and for a number
-    too large for a float, whose exponent then has three digits or whose digits run 200 long (no
-    two-digit exponent reaches 1e309 from fewer). None of these in the bytes, none in the value, and
+    too large for a float, whose exponent is then positive with three digits, or whose digits run 200
+    long (no two-digit exponent reaches 1e309 from fewer). None of these in the bytes, none in the value, and
     :func:`non_finite_paths` need not walk a million records to find nothing. Strings may hold them
     too: then the answer is ``True`` and the walk decides.
 
@@ -219,7 +216,7 @@ def may_hold_non_finite(raw: bytes) -> bool:
         if b"NaN" in chunk or b"Infinity" in chunk:
             return True
         shapes = chunk.translate(_NUMBER_SHAPES)
-        if b"e000" in shapes or b"es000" in shapes or b"0" * 200 in shapes:
+        if b"e000" in shapes or b"ep000" in shapes or b"0" * 200 in shapes:
             return True
     return False
 

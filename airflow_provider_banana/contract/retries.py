@@ -108,6 +108,27 @@ class BananaRetryPolicy:
             return min(max(float(retry_after), backoff), self.max_delay)
         return backoff
 
+    def pause_before_retry(
+        self, endpoint: str, attempt: int, error: BaseException, *, deadline: float | None = None
+    ) -> float | None:
+        """
+        Return the pause before sending a request again, or ``None`` if it must not be sent again.
+
+        The same decisions as :meth:`tenacity_kwargs`, for a loop that needs no retry object per
+        request (the async hook: one per long poll, thousands alive at once in a triggerer).
+
+        :param endpoint: :data:`START` or :data:`CHECK`.
+        :param attempt: the number of the attempt that just failed, from 1.
+        :param error: what it raised.
+        :param deadline: a ``time.time()`` after which no retry starts (its pause would end past it).
+        """
+        if not is_retryable(error, endpoint) or attempt >= self.max_attempts:
+            return None
+        pause = self.delay(attempt, error)
+        if deadline is not None and time.time() + pause >= deadline:
+            return None
+        return pause
+
     def tenacity_kwargs(
         self,
         endpoint: str,

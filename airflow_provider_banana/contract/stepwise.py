@@ -1,5 +1,5 @@
 """
-Parse a large JSON body in short steps, so that the thread doing it lets an event loop run between them.
+Parse and write large JSON in short steps, so that the thread doing it lets an event loop run between them.
 
 ``json.loads`` is one C call: it holds the interpreter's lock (the GIL) from the first byte to the
 last, about a second for 64 MiB of small records, and an event loop in another thread of the process
@@ -11,8 +11,8 @@ between two calls.
 
 The result is exactly what ``json.loads`` gives: the leaves come from the same C scanner, containers
 are filled in document order (a repeated key keeps its last value, as there), and a body this path
-cannot take, or takes wrongly formed, is handed to ``json.loads`` whole, which then gives its own
-result or raises its own error.
+cannot take, or finds malformed, is handed to :func:`.depth.load_json` whole, which then gives its
+own result or raises its own error. :func:`dumps_in_steps` is the same for ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import codecs
 import json
 import re
 from collections.abc import Callable
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public in CPython, not in typeshed
 from typing import Any
 
 from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, load_json, value_depth
@@ -32,6 +32,8 @@ STEP = 128 * 1024
 _DECODE_STEP = 1024 * 1024
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _LOW_SURROGATE_ESCAPE = re.compile(r"\\u[dD][c-fC-F]")
+#: What may follow the part of a number that a window cut: more of the number.
+_NUMBER_TAIL = frozenset("0123456789.eE+-")
 #: The longest run of backslashes looked through when cutting a string between two escapes.
 _BACKSLASH_RUN_LIMIT = 64
 
@@ -95,7 +97,8 @@ class _Steps:
 
     def __init__(self, text: str, decoder: json.JSONDecoder, step: int) -> None:
         self.text = text
-        self.scan = decoder.scan_once
+        # The C scanner json.loads itself uses: parse one value at an index, return it and its end.
+        self.scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
         self.step = step
         # A window is a copy of text[start:start + step]: values are parsed from it, so that the
         # C scanner never sees (and never scans to the end of) more than a step's worth of text.
@@ -116,7 +119,8 @@ class _Steps:
         if i < len(text) and text[i] not in " \t\n\r":
             return i
         while True:  # a step at a time: a megabyte of spaces is one long call otherwise
-            end = _WHITESPACE.match(text, i, i + self.step).end()
+            found = _WHITESPACE.match(text, i, i + self.step)  # always matches, maybe nothing
+            end = found.end() if found else i
             if end < i + self.step or end >= len(text):
                 return end
             i = end
@@ -160,9 +164,12 @@ class _Steps:
                 value, end = self.scan(window, offset)
             except (StopIteration, ValueError, RecursionError):
                 end = -1
-            # A value that ends at the window's edge may go on past it (a number cut in two), so it
-            # counts only when something follows it in the window or the window ends the text.
-            if end != -1 and (end < len(window) or self.window_start + len(window) >= len(text)):
+            # A number cut by the window's edge ("1.|5", "1.5e|3") reads as a shorter one, which
+            # ends where the edge or a character of a number follows it: it counts only when
+            # something else follows it in the window, or the window ends the text.
+            if end != -1 and (
+                self.window_start + len(window) >= len(text) or (end < len(window) and window[end] not in _NUMBER_TAIL)
+            ):
                 return value, self.window_start + end
             if fresh:
                 return None  # larger than a step (or malformed: the caller's pieces will tell)

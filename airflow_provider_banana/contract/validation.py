@@ -204,9 +204,6 @@ def validate_poll_interval(value: Any, name: str = "poll_interval") -> float:
     return validate_seconds(name, value, minimum=MIN_POLL_INTERVAL)
 
 
-#: The name the provider's seconds check had first; kept for callers that import it.
-validate_positive = validate_seconds
-
 
 def absolute_deadline(value: Any, name: str = "deadline") -> float:
     """

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_banana.contract.deadline import budget, call_timeout_error, deadline_for
 from airflow_provider_banana.contract.replies import BananaFinished
 from airflow_provider_banana.contract.validation import absolute_deadline, validate_poll_interval, validate_seconds
 from airflow_provider_banana.exceptions import (
@@ -25,6 +27,10 @@ DEFAULT_TIMEOUT = 3600.0
 
 #: Default pause between Checks when long polling is off, or after a quick answer.
 DEFAULT_POLL_INTERVAL = 5.0
+
+#: The first long poll of a wait is abandoned after a random share of the server's hold between this
+#: and the whole hold (see :meth:`CallWaiter.hold_cut`), so that waits begun together part ways.
+SPREAD_FROM = 0.5
 
 #: Least seconds between two progress lines of one wait when its status does not change: about
 #: one per long poll (Banana holds one 50 s), so an hour's call logs some 70 lines, not thousands.
@@ -114,13 +120,14 @@ class CallWaiter:
         poll_interval = validate_poll_interval(poll_interval)
         started_at = time.time() if started_at is None else started_at
         if deadline is None:
-            deadline = started_at + validate_seconds("timeout", DEFAULT_TIMEOUT if timeout is None else timeout)
+            timeout = validate_seconds("timeout", DEFAULT_TIMEOUT if timeout is None else timeout)
+            deadline = deadline_for(started_at, timeout)
         deadline = absolute_deadline(deadline)
         return cls(
             call_id=call_id,
             deadline=deadline,
             # What the deadline stands for, in the error text: the whole budget from the Start.
-            timeout=max(deadline - started_at, 1e-3),
+            timeout=budget(deadline, started_at),
             long_poll=long_poll,
             poll_interval=poll_interval,
             started_at=started_at,
@@ -136,7 +143,7 @@ class CallWaiter:
 
     def expired_error(self) -> BananaTimeoutError:
         """Return the error that reports the deadline passed."""
-        return BananaTimeoutError(self.call_id, self.timeout, self.last_status)
+        return call_timeout_error(self.call_id, self.deadline, self.started_at, self.last_status)
 
     def raise_if_expired(self) -> None:
         """
@@ -159,6 +166,34 @@ class CallWaiter:
         if isinstance(error, BananaTransportError) and self.remaining() <= 0:
             return self.expired_error()
         return error
+
+    def hold_cut(self, check_hold: float) -> float | None:
+        """
+        Return after how many seconds to abandon the next Check unanswered, or ``None`` to let it be held.
+
+        Waits that begin together (a burst of deferrals, or the thousands of triggers a surviving
+        triggerer takes over) would otherwise long-poll in step for good: the server ends their
+        holds together, the loop then re-sends thousands of Checks at once, and a call that
+        finishes meanwhile waits behind them. So the first long poll of a wait is abandoned after a
+        random 50-100 % of the hold and sent again at once; every later hold of the wait then ends
+        at a time of its own. Nothing is lost: a Check is read-only, and a call that finished
+        between the two Checks is answered at once by the second. Never below ``poll_interval``,
+        so two Checks still start at least that far apart.
+
+        :param check_hold: the seconds the server holds a long poll (the connection's ``check_hold``).
+        """
+        if not self.long_poll or self.checks:
+            return None
+        low = max(SPREAD_FROM * check_hold, self.poll_interval)
+        if low >= check_hold:
+            return None
+        cut = random.uniform(low, check_hold)
+        return cut if cut < self.remaining() else None
+
+    def observe_unanswered(self) -> WaitStep:
+        """Count a Check abandoned at its :meth:`hold_cut` and return what to do next: Check again at once."""
+        self.checks += 1
+        return WaitStep(outputs=None, pause=0.0, status_changed=False)
 
     def observe(self, result: BananaResult, *, waited: float) -> WaitStep:
         """
@@ -219,8 +254,6 @@ class Reattach(str, enum.Enum):
     WAIT = "wait"
     #: Finished: its outputs are the task's result.
     FINISHED = "finished"
-    #: The name 0.1.0 gave ``FINISHED``: an alias, kept for code written against it.
-    DONE = "finished"
     #: Failed, expired or unknown: start a new call.
     RESTART = "restart"
 

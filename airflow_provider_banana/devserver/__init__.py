@@ -23,7 +23,14 @@ Command line
     the moment its call finishes, not at the next poll tick.
 ``--result-ttl SECONDS``
     How long finished and failed results are kept (default 600); after that a Check
-    answers ``taskID does not exist``, as for an unknown call.
+    answers ``taskID does not exist``, as for an unknown call. Sooner, oldest first and
+    with a warning in the log, when ``--max-held-bytes`` needs the room.
+``--max-held-bytes BYTES``
+    The most bytes of inputs (request bodies of calls not yet finished) and outputs
+    (encoded JSON of the results kept) the server holds (default 268435456, 256 MiB;
+    ``0`` for no cap). Takes ``268435456``, ``256MiB``, ``64KiB``, ``1GB``. Past it the
+    oldest results are dropped early; a Start that would pass it even so is refused with a
+    v4 error reply (nothing is started); outputs that cannot fit fail their call.
 ``--replicas N``
     Calls of one model that run at once (default 32). Each model has a FIFO queue
     and N asyncio workers.

@@ -130,7 +130,7 @@ class BananaSettings:
             or a proxy or CA bundle (extra or environment) that cannot be used.
         """
         extra = validate_extra(conn.extra_dejson, conn.conn_id)
-        model_key = extra.get("model_key") or extra.get("extra__banana__model_key") or None
+        model_key = extra.get("model_key") or None
         base_url = validate_base_url(conn.host)
         return cls(
             base_url=base_url,
@@ -260,35 +260,35 @@ class _BananaHookBase(BaseHook):
         :param model_key: the Start's model key (a tag); ``None`` for a Check.
         :return: yields a function to pass the parsed reply through.
         """
-        tags = {"conn_id": self.banana_conn_id, "model_key": model_key}
+        tags = metrics.Tags(self.banana_conn_id, model_key)
         if endpoint == START:
-            metrics.count(metrics.START_SENT, **tags)
+            metrics.count(metrics.START_SENT, tags)
             if attempt > 1:  # the retry policy re-sends a Start only where it provably was not taken
-                metrics.count(metrics.START_RETRIED, **tags)
+                metrics.count(metrics.START_RETRIED, tags)
         else:
-            metrics.count(metrics.CHECK_SENT, **tags)
+            metrics.count(metrics.CHECK_SENT, tags)
         began = time.monotonic()
 
         def answered(result: BananaResult) -> BananaResult:
             if endpoint == START:
                 elapsed = time.monotonic() - began
-                metrics.timing(metrics.START_DURATION, elapsed, **tags)
+                metrics.timing(metrics.START_DURATION, elapsed, tags)
                 if isinstance(result, BananaFinished):  # finished within its Start: that was the call
-                    metrics.timing(metrics.CALL_DURATION, elapsed, **tags)
+                    metrics.timing(metrics.CALL_DURATION, elapsed, tags)
             return result
 
         try:
             yield answered
         except BananaCallError as e:
             if endpoint == START:
-                metrics.timing(metrics.START_DURATION, time.monotonic() - began, **tags)
+                metrics.timing(metrics.START_DURATION, time.monotonic() - began, tags)
             # An unknown callID is a lookup's answer (test_connection's probe, an expired reattach).
             if not isinstance(e, BananaCallNotFoundError):
-                metrics.count(metrics.CALL_FAILED, **tags)
+                metrics.count(metrics.CALL_FAILED, tags)
             raise
         except BananaTransportError as e:
             if endpoint == START and e.request_sent:
-                metrics.count(metrics.START_UNANSWERED, **tags)
+                metrics.count(metrics.START_UNANSWERED, tags)
             raise
 
     def _exchange(
@@ -389,9 +389,7 @@ class BananaHook(_BananaHookBase):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def start(
-        self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False, quiet: bool = False
-    ) -> BananaResult:
+    def start(self, model_inputs: Any, model_key: str | None = None, *, start_only: bool = False) -> BananaResult:
         """
         Start one inference (billed), and wait for its result unless ``start_only``.
 
@@ -401,7 +399,6 @@ class BananaHook(_BananaHookBase):
         :param model_inputs: the model's inputs: a dict, or a string holding a JSON object.
         :param model_key: the model; defaults to the connection extra's ``model_key``.
         :param start_only: answer at once with the callID instead of holding up to ~60 s.
-        :param quiet: log the call at debug level (a batch logs its progress instead).
         :return: the result: ``finished`` with ``model_outputs``, or running with ``call_id``.
         :raises BananaConfigError: missing key or model key, before any request.
         :raises TypeError: inputs JSON cannot hold, before any request.
@@ -410,8 +407,7 @@ class BananaHook(_BananaHookBase):
         """
         body = self._start_body(self.settings, model_inputs, model_key, start_only)
         result = self._send(START, body, waits=not start_only, model_key=model_key or self.settings.model_key)
-        self.log.log(
-            logging.DEBUG if quiet else logging.INFO,
+        self.log.info(
             "Banana Start: call %s, %s (apiVersion %s)",
             result.call_id or "(no id: finished at once)",
             result.status_text if isinstance(result, BananaRunning) else "finished",
@@ -509,7 +505,7 @@ class BananaHook(_BananaHookBase):
             if step.log_line:
                 self.log.info(*step.log_line)
             if step.outputs is not None:
-                metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), conn_id=self.banana_conn_id)
+                metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), metrics.Tags(self.banana_conn_id))
                 return step.outputs
             if step.pause:
                 time.sleep(step.pause)
@@ -805,24 +801,40 @@ class BananaAsyncHook(_BananaHookBase):
         """
         Check the call a :class:`CallWaiter` describes until it ends; see :meth:`BananaHook.follow`.
 
+        The first long poll is abandoned unanswered at the waiter's :meth:`~CallWaiter.hold_cut` and
+        sent again at once, so that waits begun together (a triggerer's) do not re-poll in step.
+
         :param waiter: the call, its deadline and pacing; it counts the Checks.
         :param quiet: log at debug level (a batch logs its progress instead).
         :return: the ``modelOutputs`` list.
         """
         level = logging.DEBUG if quiet else logging.INFO
+        call_id = validate_call_id(waiter.call_id)
+        check_hold = self.settings.timeouts.check_hold
         while True:
             waiter.raise_if_expired()
             began = time.monotonic()
+            body = self._check_body(self.settings, call_id, waiter.long_poll)
             try:
-                result = await self.check(waiter.call_id, long_poll=waiter.long_poll, deadline=waiter.deadline)
+                result = await self._send(
+                    CHECK,
+                    body,
+                    waits=waiter.long_poll,
+                    call_id=call_id,
+                    deadline=waiter.deadline,
+                    cut=waiter.hold_cut(check_hold),
+                )
             except BananaError as e:
                 raise waiter.failure(e) from e
-            step = waiter.observe(result, waited=time.monotonic() - began)
+            if result is None:
+                step = waiter.observe_unanswered()
+            else:
+                step = waiter.observe(result, waited=time.monotonic() - began)
             if step.log_line:
                 self.log.log(level, *step.log_line)
             if step.outputs is not None:
                 if not quiet:  # a batch's waiters count from the batch's start, not the call's
-                    metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), conn_id=self.banana_conn_id)
+                    metrics.timing(metrics.CALL_DURATION, waiter.elapsed(), metrics.Tags(self.banana_conn_id))
                 return step.outputs
             if step.pause:
                 await asyncio.sleep(step.pause)
@@ -855,22 +867,40 @@ class BananaAsyncHook(_BananaHookBase):
         call_id: str | None = None,
         deadline: float | None = None,
         model_key: str | None = None,
-    ) -> BananaResult:
+        cut: float | None = None,
+    ) -> Any:
+        # Any: a BananaResult, or None for a Check abandoned at its cut (only follow() gives one).
         settings = self.settings
         session = self._session
         if session is None:
             raise BananaError("Use BananaAsyncHook as 'async with BananaAsyncHook(...) as hook:'")
-        retrying = tenacity.AsyncRetrying(**self._retrying_kwargs(endpoint, deadline))
-        async for attempt in retrying:
-            with attempt, self._observed(endpoint, attempt.retry_state.attempt_number, model_key) as answered:
-                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                raw = await _transport.apost(session, exchange)
-                if len(raw.content) > _PARSE_IN_THREAD_BYTES:
-                    # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
-                    # call on another thread: json.loads would hold the GIL, and the loop, all along.
-                    return answered(await asyncio.to_thread(self._reply, exchange, raw, in_steps=True))
-                return answered(self._reply(exchange, raw))
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        # The retry policy's own loop rather than tenacity.AsyncRetrying: a triggerer holds thousands
+        # of long polls at once, and a retry object per request (a dozen objects, alive for the 50 s
+        # hold) was a large part of what its garbage collector walked. The decisions are the same.
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._observed(endpoint, attempt, model_key) as answered:
+                    exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
+                    if cut is not None and attempt == 1:
+                        try:
+                            raw = await asyncio.wait_for(_transport.apost(session, exchange), cut)
+                        except asyncio.TimeoutError:  # apost turns its own timeouts into BananaError
+                            return None
+                    else:
+                        raw = await _transport.apost(session, exchange)
+                    if len(raw.content) > _PARSE_IN_THREAD_BYTES:
+                        # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
+                        # call on another thread: json.loads would hold the GIL, and the loop, all along.
+                        return answered(await asyncio.to_thread(self._reply, exchange, raw, in_steps=True))
+                    return answered(self._reply(exchange, raw))
+            except BananaError as error:
+                pause = self.retry_policy.pause_before_retry(endpoint, attempt, error, deadline=deadline)
+                if pause is None:
+                    raise
+                self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, error, pause)
+                await asyncio.sleep(pause)
 
 
 def _mask(secret: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -10,7 +9,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator
@@ -20,13 +19,13 @@ from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListIn
 from airflow_provider_banana.batch.plan import (
     DEFAULT_MAX_STARTING,
     ON_ITEM_FAILURE,
-    START_LOST,
     START_LOST_EARLIER,
     BatchPlan,
     Wave,
 )
-from airflow_provider_banana.batch.store import BATCH_CHUNK_KEY, BATCH_STATE_KEY, BatchStore
-from airflow_provider_banana.batch.watch import DEFAULT_LINGER, BatchWorker
+from airflow_provider_banana.batch.run import BatchRun, Done, Pause, counts
+from airflow_provider_banana.batch.store import BatchStore
+from airflow_provider_banana.batch.watch import DEFAULT_LINGER
 from airflow_provider_banana.contract import (
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
@@ -38,27 +37,26 @@ from airflow_provider_banana.contract import (
     OutputsOnServer,
     OutputsWritten,
     Reattach,
+    call_timeout_error,
     check_storable,
+    deadline_for,
     event_summary,
     outputs_from_event,
     reattach_decision,
+    task_started,
     use_start_only,
     validate_model_inputs,
     validate_poll_interval,
     validate_seconds,
 )
-from airflow_provider_banana.contract.waiting import time_left
 from airflow_provider_banana.exceptions import (
-    BananaBatchTimeoutError,
     BananaCallError,
     BananaConfigError,
     BananaError,
-    BananaOutputsNotStorableError,
     BananaTimeoutError,
-    BananaTransportError,
 )
 from airflow_provider_banana.hooks.banana import BananaHook
-from airflow_provider_banana.operators.task_state import CALL_ID_KEY, StoredCall
+from airflow_provider_banana.operators.task_state import CALL_ID_XCOM_KEY, StoredCall
 from airflow_provider_banana.triggers.banana import BananaBatchTrigger, BananaCallTrigger
 
 if TYPE_CHECKING:
@@ -66,27 +64,11 @@ if TYPE_CHECKING:
 
     BatchInputs = ListInputs | JsonlInputs
 
-__all__ = [
-    "BATCH_CHUNK_KEY",
-    "BATCH_STATE_KEY",
-    "CALL_ID_KEY",
-    "BananaBatchInferenceOperator",
-    "BananaInferenceOperator",
-    "BatchStore",
-    "StoredCall",
-]
+__all__ = ["BananaBatchInferenceOperator", "BananaInferenceOperator"]
 
 #: Seconds the deferral backstop waits past the trigger's own deadline, so that the trigger's
 #: clearer ``timeout`` event normally wins and the backstop only fires if the trigger cannot run.
 DEFER_BACKSTOP_MARGIN = 60.0
-#: Seconds a batch pauses when nothing runs because every input left to start was refused at its
-#: Start (an "error" message) and waits for its retry.
-REFUSED_START_PAUSE = 1.0
-#: Most seconds a wave in the worker lingers after its first call ended (``linger`` is the triggerer's).
-WORKER_LINGER = 0.1
-#: With an output file, lines are written once this many per ``max_in_flight`` slot are ready (and
-#: always before a deferral and at the end), so a batch of 100,000 writes a few hundred parts.
-FLUSH_LINES_PER_SLOT = 2
 #: Seconds a deferrable batch's worker waits for a call to end before deferring: about what the
 #: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
 DEFAULT_DEFER_AFTER = 5.0
@@ -193,66 +175,56 @@ class BananaInferenceOperator(BaseOperator):
         # The timeout counts per try, like execution_timeout: a reattached call gets a full one.
         started_at = time.time()
         stored = StoredCall(context, enabled=self.durable and self.wait_for_completion)
-        call_id, outputs = self._reattach(stored)
-        if outputs is not None:
-            # Forgotten only once the outputs are known to leave: a retry reattaches (a Check, free).
-            reattached = self._result(outputs, path, call_id)
-            stored.forget()
-            return reattached
-        if call_id is None:
-            result = self._start(inputs, stored)
-            if isinstance(result, BananaFinished):
-                self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
-                try:
-                    return self._result(result.model_outputs, path, result.call_id)
-                except BananaOutputsNotStorableError:
-                    if result.call_id:  # a retry reattaches to it (a Check) rather than paying again
-                        stored.save(result.call_id)
-                    raise
-            call_id = result.call_id
-        self._call_id = call_id
-        context["ti"].xcom_push(key="call_id", value=call_id)
+        earlier = self._reattach(stored)
+        if isinstance(earlier, BananaFinished):
+            with stored.until_ended():
+                return self._result(earlier.model_outputs, path, earlier.call_id)
+        result = earlier or self._start(inputs, stored)
+        if isinstance(result, BananaFinished):
+            self.log.info("Banana call finished within its Start, in %.1f s", time.time() - started_at)
+            # Nothing stored yet: kept only if the outputs cannot leave (a retry then Checks, free).
+            with stored.until_ended(unsaved=result.call_id):
+                return self._result(result.model_outputs, path, result.call_id)
+        call_id = self._call_id = result.call_id
+        context["ti"].xcom_push(key=CALL_ID_XCOM_KEY, value=call_id)
         if not self.wait_for_completion:
             self.log.info("Started Banana call %s; not waiting for it", call_id)
             return call_id
-        if self.deferrable:
-            outputs = self._wait_before_deferring(call_id, context, started_at, stored)
-            if outputs is not None:
-                written = self._result(outputs, path, call_id)
-                stored.forget()
-                return written
-            self.log.info("Waiting for Banana call %s in the triggerer", call_id)
-            self.defer(
-                trigger=BananaCallTrigger(
-                    call_id=call_id,
-                    banana_conn_id=self.banana_conn_id,
-                    deadline=self._deadline(context, started_at),
+        deadline = self._deadline(context, started_at)
+        with stored.until_ended():
+            if self.deferrable:
+                outputs = self._wait_before_deferring(call_id, deadline, started_at)
+                if outputs is None:
+                    self._defer(call_id, deadline, started_at, path)
+            else:
+                outputs = self.hook.wait(
+                    call_id,
+                    deadline=deadline,
                     started_at=started_at,
-                    poll_interval=self.poll_interval,
                     long_poll=self.long_poll,
-                    max_attempts=self.max_attempts,
-                    deferred_at=time.time(),
-                    output_path=None if path is None else str(path),
-                ),
-                method_name="execute_complete",
-                # A backstop in case the trigger cannot run; Airflow also caps it by execution_timeout.
-                timeout=timedelta(seconds=self.timeout + DEFER_BACKSTOP_MARGIN),
-            )
-        try:
-            outputs = self.hook.wait(
-                call_id,
-                timeout=self.timeout,
+                    poll_interval=self.poll_interval,
+                )
+                self.log.info("Banana call %s finished after %.1f s", call_id, time.time() - started_at)
+            return self._result(outputs, path, call_id)
+
+    def _defer(self, call_id: str, deadline: float, started_at: float, path: ObjectStoragePath | None) -> NoReturn:
+        self.log.info("Waiting for Banana call %s in the triggerer", call_id)
+        self.defer(
+            trigger=BananaCallTrigger(
+                call_id=call_id,
+                banana_conn_id=self.banana_conn_id,
+                deadline=deadline,
                 started_at=started_at,
-                long_poll=self.long_poll,
                 poll_interval=self.poll_interval,
-            )
-        except BananaCallError:
-            stored.forget()
-            raise
-        written = self._result(outputs, path, call_id)
-        stored.forget()
-        self.log.info("Banana call %s finished after %.1f s", call_id, time.time() - started_at)
-        return written
+                long_poll=self.long_poll,
+                max_attempts=self.max_attempts,
+                deferred_at=time.time(),
+                output_path=None if path is None else str(path),
+            ),
+            method_name="execute_complete",
+            # A backstop in case the trigger cannot run.
+            timeout=timedelta(seconds=self.timeout + DEFER_BACKSTOP_MARGIN),
+        )
 
     def _output_path(self) -> ObjectStoragePath | None:
         # Checked before any Start: a bad path is the user's to fix, and costs no call.
@@ -295,13 +267,10 @@ class BananaInferenceOperator(BaseOperator):
             outputs = self.hook.fetch_outputs(outputs)
         return self._result(outputs, self._output_path(), call_id)
 
-    def _wait_before_deferring(
-        self, call_id: str, context: Context, started_at: float, stored: StoredCall
-    ) -> list[Any] | None:
+    def _wait_before_deferring(self, call_id: str, deadline: float, started_at: float) -> list[Any] | None:
         # A short call is over before a deferral's round trip would be (benchmarks/README.md).
         if not self.defer_after:
             return None
-        deadline = self._deadline(context, started_at)
         try:
             outputs = self.hook.wait(
                 call_id,
@@ -312,49 +281,42 @@ class BananaInferenceOperator(BaseOperator):
             )
         except BananaTimeoutError:
             return None  # still running (or the deadline came): the trigger takes over, and says which
-        except BananaCallError:
-            stored.forget()
-            raise
         self.log.info(
             "Banana call %s finished after %.1f s, within defer_after: no deferral", call_id, time.time() - started_at
         )
         return outputs
 
     def _deadline(self, context: Context, started_at: float) -> float:
-        # The trigger's own deadline honours execution_timeout too, so a deferred task times out
-        # with our error naming the call, wherever the trigger runs (dag.test() runs it inline,
-        # where Airflow's deferral timeout is not enforced).
-        deadline = started_at + self.timeout
-        task_started = getattr(context.get("ti"), "start_date", None)
-        if self.execution_timeout is not None and task_started is not None:
-            deadline = min(deadline, task_started.timestamp() + self.execution_timeout.total_seconds())
-        return deadline
+        return deadline_for(
+            started_at, self.timeout, task_started=task_started(context), execution_timeout=self.execution_timeout
+        )
 
-    def _reattach(self, stored: StoredCall) -> tuple[str | None, list[Any] | None]:
+    def _reattach(self, stored: StoredCall) -> BananaResult | None:
+        # The call an earlier try stored, as a Check finds it: running (wait for it), finished (its
+        # outputs are the result), or None: none stored, or it failed or expired (start a new one).
         previous = stored.get()
         if previous is None:
-            return None, None
+            return None
         outcome: BananaResult | BananaCallError
         try:
             outcome = self.hook.check(previous, long_poll=False)
         except BananaCallError as e:
             outcome = e
         decision = reattach_decision(outcome)
-        if decision in (Reattach.FINISHED, Reattach.WAIT):
-            metrics.count(metrics.CALL_REATTACHED, **metrics.operator_tags(self))
+        if isinstance(outcome, BananaCallError) or decision is Reattach.RESTART:
+            self.log.warning("Banana call %s from an earlier try ended (%s); starting a new call", previous, outcome)
+            stored.forget()
+            return None
+        metrics.count(metrics.CALL_REATTACHED, metrics.operator_tags(self))
         if decision is Reattach.FINISHED:
             self.log.info("Banana call %s from an earlier try has finished; returning its outputs", previous)
-            return previous, cast("BananaFinished", outcome).model_outputs
-        if decision is Reattach.WAIT:
+        else:
             self.log.info(
                 "Reattaching to Banana call %s from an earlier try (%s) instead of starting a new one",
                 previous,
-                cast("BananaRunning", outcome).status_text,
+                outcome.status_text,
             )
-            return previous, None
-        self.log.warning("Banana call %s from an earlier try ended (%s); starting a new call", previous, outcome)
-        stored.forget()
-        return None, None
+        return outcome
 
     def _start(self, inputs: dict[str, Any], stored: StoredCall) -> BananaResult:
         # The call is handed off (to the trigger, a sensor, or a retry through the stored id) unless
@@ -382,13 +344,9 @@ class BananaInferenceOperator(BaseOperator):
         summary = event_summary(event)
         if summary and event is not None:
             self.log.info("The triggerer's watch of the call ended (%s): %s", event.get("status"), summary)
-        try:
+        with stored.until_ended():
             call_id, outputs = outputs_from_event(event)
-        except BananaCallError:
-            stored.forget()
-            raise
-        result = self._event_result(call_id, outputs)
-        stored.forget()
+            result = self._event_result(call_id, outputs)
         self.log.info("Banana call %s finished", call_id)
         return result
 
@@ -404,9 +362,12 @@ class BananaInferenceOperator(BaseOperator):
             return super().resume_execution(next_method, next_kwargs, context)
         except TaskDeferralTimeout as e:
             ti = context["ti"]
-            call_id = ti.xcom_pull(task_ids=ti.task_id, key="call_id", map_indexes=ti.map_index)
-            limit = self.execution_timeout.total_seconds() if self.execution_timeout else self.timeout
-            raise BananaTimeoutError(call_id, min(self.timeout, limit), f"deferral timed out: {e}") from e
+            call_id = ti.xcom_pull(task_ids=ti.task_id, key=CALL_ID_XCOM_KEY, map_indexes=ti.map_index)
+            # Counted from the task's start: the Start's own time is not kept across the deferral.
+            started = task_started(context)
+            since = started.timestamp() if started is not None else time.time()
+            deadline = self._deadline(context, since)
+            raise call_timeout_error(call_id, deadline, since, f"deferral timed out: {e}") from e
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """
@@ -534,10 +495,6 @@ class BananaBatchInferenceOperator(BaseOperator):
         self.durable = durable
         self.linger = validate_seconds("linger", linger)
         self.defer_after = validate_seconds("defer_after", defer_after, zero_ok=True)
-        # Outputs taken from a wave, persisted with the next write of the plan.
-        self._unsaved: dict[int, list[Any]] = {}
-        # The batch's finished and failed inputs already counted as metrics.
-        self._items_counted = (0, 0)
 
     @functools.cached_property
     def hook(self) -> BananaHook:
@@ -548,26 +505,30 @@ class BananaBatchInferenceOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         """Start the batch (or carry on with this task's earlier calls), then wait or defer."""
         with self._batch(context) as (source, output, plan, store):
-            state = store.load(plan)
-            if state is not None:
+            resumed = store.load(plan)
+            if resumed is not None:
                 if plan.lost_earlier:
                     self.log.warning(
                         "Banana batch items %s: %s; a new try starts them again",
                         ", ".join(map(str, plan.lost_earlier)),
                         START_LOST_EARLIER,
                     )
-                if state.get("try_number") != context["ti"].try_number:
+                if resumed.new_try:
                     plan.new_try()
                 self.log.info(
                     "Resuming Banana batch from an earlier try: %s; reattaching to %d running calls",
-                    _counts(plan),
+                    counts(plan),
                     len(plan.running),
                 )
-                metrics.count(metrics.CALL_REATTACHED, n=len(plan.running), **metrics.operator_tags(self))
+                metrics.count(metrics.CALL_REATTACHED, metrics.operator_tags(self), n=len(plan.running))
             # The timeout counts per try, like execution_timeout: a resumed batch gets a full one.
-            store.begin_try(plan)
-            self._items_counted = (plan.finished, plan.failed_count)
-            return self._advance(source, output, plan, store)
+            store.begin_try(
+                plan,
+                timeout=self.timeout,
+                task_started=task_started(context),
+                execution_timeout=self.execution_timeout,
+            )
+            return self._advance(self._run(source, output, plan, store, self._batch_deadline(context, store)))
 
     @metrics.counts_timeouts
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
@@ -575,9 +536,23 @@ class BananaBatchInferenceOperator(BaseOperator):
         with self._batch(context) as (source, output, plan, store):
             if store.load(plan) is None:
                 raise BananaError("The Banana batch's persisted plan is missing; cannot resume after the deferral")
-            self._items_counted = (plan.finished, plan.failed_count)
-            self._take_wave(plan, store, self._fetch_on_server(Wave.from_event(event)))
-            return self._advance(source, output, plan, store)
+            run = self._run(source, output, plan, store, self._batch_deadline(context, store))
+            # Before the run's worker starts anything (it is made lazily): nothing to close on a failure.
+            run.take_wave(self._fetch_on_server(Wave.from_event(event)))
+            return self._advance(run)
+
+    def _batch_deadline(self, context: Context, store: BatchStore) -> float:
+        # The same rule as a single call's: timeout from this try's start, or execution_timeout if
+        # earlier, which Airflow does not enforce while the batch is deferred. Fixed when the try
+        # began (a plan saved without one gets it again from the rule).
+        if store.deadline is not None:
+            return store.deadline
+        return deadline_for(
+            store.started_at,
+            self.timeout,
+            task_started=task_started(context),
+            execution_timeout=self.execution_timeout,
+        )
 
     def _fetch_on_server(self, wave: Wave) -> Wave:
         # Outputs too large for the wave's event stayed on the server: one Check each (free, not
@@ -635,219 +610,49 @@ class BananaBatchInferenceOperator(BaseOperator):
                 raise type(e)(f"model_inputs[{index}]: {e}") from e
         return inputs
 
-    def _advance(self, source: BatchInputs, output: JsonlOutput | None, plan: BatchPlan, store: BatchStore) -> Any:
-        started_at = store.started_at
-        deadline = started_at + self.timeout
-        worker = BatchWorker(
-            self.banana_conn_id,
-            BananaRetryPolicy(max_attempts=self.max_attempts),
-            # A hand-back costs the worker one write of the state, not a task resume: the slots
-            # of the calls that ended are refilled at once rather than a second later.
-            linger=min(self.linger, WORKER_LINGER),
+    def _run(
+        self, source: BatchInputs, output: JsonlOutput | None, plan: BatchPlan, store: BatchStore, deadline: float
+    ) -> BatchRun:
+        return BatchRun(
+            source=source,
+            output=output,
+            plan=plan,
+            store=store,
             deadline=deadline,
-            started_at=started_at,
+            banana_conn_id=self.banana_conn_id,
+            retry_policy=BananaRetryPolicy(max_attempts=self.max_attempts),
+            model_key=self.model_key,
             long_poll=self.long_poll,
             poll_interval=self.poll_interval,
+            linger=self.linger,
+            defer_after=self.defer_after if self.deferrable else None,
+            log=self.log,
+            tags=metrics.operator_tags(self),
         )
-        with contextlib.closing(worker):
-            if output is not None:
-                self._refetch(plan, store, worker)
+
+    def _advance(self, run: BatchRun) -> Any:
+        with contextlib.closing(run):
             while True:
-                self._start_next(source, plan, store, worker)
-                self._flush(plan, store, output)
-                self.log.info("Banana batch: %s", _progress(plan, store, time.time() - started_at))
-                self._count_items(plan)
-                if plan.ended:
-                    return self._finish(plan, store, output)
-                if time.time() >= deadline:
-                    raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
-                running = list(plan.running.values())
-                if not running:  # every input left was refused at its Start and waits for its retry
-                    time.sleep(REFUSED_START_PAUSE)
+                step = run.advance()
+                if isinstance(step, Done):
+                    return step.result
+                if isinstance(step, Pause):
+                    time.sleep(step.seconds)
                     continue
-                if not self.deferrable:
-                    self._take_wave(plan, store, worker.wave(running))
-                    continue
-                # A deferral costs a task resume (scheduling, a worker start, a DAG parse: seconds),
-                # so while calls keep ending within defer_after the batch goes on in the worker.
-                wave = worker.wave(running, within=self.defer_after) if self.defer_after else Wave()
-                if wave.empty:
-                    # What is held in memory does not survive the deferral: write what can be.
-                    self._flush(plan, store, output, force=True)
-                    self.defer(
-                        trigger=BananaBatchTrigger(
-                            call_ids=running,
-                            banana_conn_id=self.banana_conn_id,
-                            deadline=deadline,
-                            started_at=started_at,
-                            poll_interval=self.poll_interval,
-                            long_poll=self.long_poll,
-                            max_attempts=self.max_attempts,
-                            linger=self.linger,
-                        ),
-                        method_name="execute_complete",
-                        timeout=timedelta(seconds=deadline - time.time() + DEFER_BACKSTOP_MARGIN),
-                    )
-                self._take_wave(plan, store, wave)
-
-    def _count_items(self, plan: BatchPlan) -> None:
-        # Counted as the progress line shows them: the inputs that ended since the last line.
-        finished, failed = self._items_counted
-        tags = metrics.operator_tags(self)
-        metrics.count(metrics.BATCH_INPUT_FINISHED, n=plan.finished - finished, **tags)
-        metrics.count(metrics.BATCH_INPUT_FAILED, n=plan.failed_count - failed, **tags)
-        self._items_counted = (plan.finished, plan.failed_count)
-
-    def _start_next(self, source: BatchInputs, plan: BatchPlan, store: BatchStore, worker: BatchWorker) -> None:
-        # Starts go out concurrently, at most max_starting at once. Each burst's inputs are saved
-        # as "starting" before it is sent, and each answer is saved as it arrives (grouped with
-        # the next burst's write), so a worker that dies loses at most the ids of the Starts in flight.
-        pending: dict[concurrent.futures.Future[BananaResult], int] = {}
-        new_outputs, self._unsaved = self._unsaved, {}
-        error: BananaError | None = None
-        try:
-            while True:
-                chosen = [] if error else plan.next_starts()
-                try:
-                    bodies = [(index, source.get(index)) for index in chosen]
-                except BaseException:
-                    for index in chosen:
-                        plan.start_not_sent(index)
-                    raise
-                if chosen:
-                    store.save(plan, new_outputs)
-                for index, body in bodies:
-                    pending[worker.start(body, self.model_key)] = index
-                if not pending:
-                    break
-                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    error = self._record_start(plan, pending.pop(future), future, new_outputs) or error
-        finally:
-            store.save(plan, new_outputs)
-        if error is not None:
-            self.log.warning("Banana batch stopped starting inputs (%s): %s", _counts(plan), error)
-            raise error
-
-    def _record_start(
-        self,
-        plan: BatchPlan,
-        index: int,
-        future: concurrent.futures.Future[BananaResult],
-        new_outputs: dict[int, list[Any]],
-    ) -> BananaError | None:
-        try:
-            result = future.result()
-        except BananaCallError as e:
-            self.log.warning("Banana refused item %d: %s", index, e.message)
-            plan.start_failed(index, e.message)
-            return None
-        except BananaTransportError as e:
-            if e.request_sent:
-                self.log.warning("Banana batch item %d: %s: %s", index, START_LOST, e)
-                plan.start_lost(index, f"{START_LOST} ({e})")
-            else:
-                plan.start_not_sent(index)
-            return e
-        except BananaError as e:  # a bad connection or model key: raised before anything was sent
-            plan.start_not_sent(index)
-            return e
-        outputs = result.model_outputs if isinstance(result, BananaFinished) else None
-        if outputs is not None:
-            try:
-                check_storable(outputs, call_id=result.call_id)
-            except BananaOutputsNotStorableError as e:
-                self.log.warning("Banana batch item %d: %s", index, e)
-                plan.outputs_not_storable(index, e.message, result.call_id)
-                return None
-            new_outputs[index] = outputs
-        # At debug level: the mapping is in the persisted plan (running calls) and the output file.
-        self.log.debug("Banana batch item %d: call %s", index, result.call_id or "finished within its Start")
-        plan.started(index, result.call_id, outputs)
-        return None
-
-    def _take_wave(self, plan: BatchPlan, store: BatchStore, wave: Wave) -> None:
-        by_call = {call_id: index for index, call_id in plan.running.items()}
-        new_outputs = {by_call[c]: outputs for c, outputs in wave.finished.items() if c in by_call}
-        for call_id, message in wave.failed.items():
-            if call_id in by_call:
-                self.log.warning("Banana batch item %d (call %s) failed: %s", by_call[call_id], call_id, message)
-        for call_id, message in wave.unstorable.items():
-            if call_id in by_call:
-                self.log.warning(
-                    "Banana batch item %d (call %s) finished, but fails for good (no new Start): %s",
-                    by_call[call_id],
-                    call_id,
-                    message,
+                self.defer(
+                    trigger=BananaBatchTrigger(
+                        call_ids=step.call_ids,
+                        banana_conn_id=self.banana_conn_id,
+                        deadline=run.deadline,
+                        started_at=run.store.started_at,
+                        poll_interval=self.poll_interval,
+                        long_poll=self.long_poll,
+                        max_attempts=self.max_attempts,
+                        linger=self.linger,
+                    ),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=run.deadline - time.time() + DEFER_BACKSTOP_MARGIN),
                 )
-        plan.record(wave)
-        if wave.error or wave.timed_out:
-            store.save(plan, new_outputs)
-        else:
-            # Saved with the next burst of Starts, before any is sent (_start_next always saves):
-            # one write per wave, not two. A worker that dies first leaves these calls listed as
-            # running, and the next try's Check (free) finds them finished again.
-            self._unsaved.update(new_outputs)
-        if wave.error:
-            raise BananaError(
-                f"Waiting for the Banana batch's calls failed: {wave.error} ({_counts(plan)}); "
-                "the calls run on, and a retry of this task reattaches to them"
-            )
-        if wave.timed_out:
-            raise BananaBatchTimeoutError(plan.running, self.timeout, plan.progress())
-
-    def _refetch(self, plan: BatchPlan, store: BatchStore, worker: BatchWorker) -> None:
-        # Outputs of finished inputs not yet written do not survive a deferral or a dead worker:
-        # their calls are Checked again (free; the calls have finished, so no Check is held).
-        wanted = plan.refetch()
-        if not wanted:
-            return
-        checks = {index: worker.check(call_id) for index, call_id in wanted.items()}
-        for index, future in checks.items():
-            try:
-                result = future.result()
-            except BananaError as e:
-                plan.output_lost(index, f"its outputs could not be fetched again from call {wanted[index]}: {e}")
-                continue
-            if isinstance(result, BananaFinished):
-                plan.outputs[index] = result.model_outputs
-            else:
-                plan.output_lost(index, f"call {wanted[index]} had finished but now reads {result.status_text!r}")
-        self.log.info("Banana batch: fetched the outputs of %d finished inputs not yet written", len(checks))
-        store.save(plan, {})
-
-    def _flush(self, plan: BatchPlan, store: BatchStore, output: JsonlOutput | None, force: bool = False) -> None:
-        if output is None:
-            return
-        lines = plan.ready_lines()
-        if not lines or (not force and len(lines) < FLUSH_LINES_PER_SLOT * plan.max_in_flight):
-            return
-        output.write_part(store.parts, lines)
-        plan.lines_written(len(lines))
-        store.parts += 1
-        store.save(plan, {})
-
-    def _finish(self, plan: BatchPlan, store: BatchStore, output: JsonlOutput | None) -> Any:
-        if output is not None:
-            plan.raise_if_failed()
-            self._flush(plan, store, output, force=True)
-            if plan.written != plan.size:
-                raise BananaError(f"The Banana batch ended with {plan.written} of {plan.size} output lines written")
-            output.assemble(store.parts)
-            self.log.info("Banana batch: wrote %d lines to %s", plan.size, output.path)
-            store.clear()
-            output.remove_parts()
-            return {"output_path": str(output.path), "succeeded": plan.finished, "failed": plan.failed_count}
-        if plan.failed and not plan.stop_on_failure:
-            for index, message in sorted(plan.failed.items()):
-                self.log.warning(
-                    "Banana batch item %d failed after its retries; its output is None: %s", index, message
-                )
-        try:
-            return plan.result(store.outputs())
-        finally:
-            if not (plan.failed and plan.stop_on_failure):
-                store.clear()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """
@@ -864,22 +669,3 @@ class BananaBatchInferenceOperator(BaseOperator):
         """Say that the calls in flight run on: Banana v4 cannot cancel them."""
         self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
 
-
-def _progress(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:
-    # "120/1000 finished (12%), 64 running, 816 waiting, 0 failed after 12.0 s; 10.0 inputs/s, about
-    # 88 s left": the rate counts this try's inputs only (a resumed try starts from what it found).
-    counts = plan.progress()
-    ended = counts["finished"] + counts["failed"]
-    line = (
-        f"{counts['finished']}/{plan.size} finished ({counts['finished'] / max(plan.size, 1):.0%}), "
-        f"{counts['running']} running, {counts['waiting']} waiting, {counts['failed']} failed after {elapsed:.1f} s"
-    )
-    this_try = ended - store.ended_at_start
-    if this_try > 0 and elapsed > 0 and ended < plan.size:
-        rate = this_try / elapsed
-        line += f"; {rate:.1f} inputs/s, {time_left((plan.size - ended) / rate, estimate=True)}"
-    return line
-
-
-def _counts(plan: BatchPlan) -> str:
-    return ", ".join(f"{value} {name}" for name, value in plan.progress().items())

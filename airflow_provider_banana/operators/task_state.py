@@ -8,14 +8,21 @@ deployment upgrades. (A batch keeps its plan in :mod:`airflow_provider_banana.ba
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_banana.exceptions import BananaCallError
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow.sdk import Context
 
 #: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
 #: Renaming it on a deployed version breaks the reattachment of tries in flight.
 CALL_ID_KEY = "banana_call_id"
+#: The XCom key the task pushes its call id under (a sensor downstream, or the deferral's backstop, reads it).
+CALL_ID_XCOM_KEY = "call_id"
 
 
 class StoredCall:
@@ -32,6 +39,9 @@ class StoredCall:
 
     def __init__(self, context: Context, enabled: bool = True) -> None:
         self._store: Any = context.get("task_state_store") if enabled else None
+        # Whether a call id is stored, once this try knows (None: unknown), so that forgetting
+        # nothing costs no write.
+        self._held: bool | None = None
 
     @property
     def available(self) -> bool:
@@ -41,20 +51,44 @@ class StoredCall:
     def get(self) -> str | None:
         """Return the call id an earlier try stored, if any."""
         value = self._store.get(CALL_ID_KEY) if self._store is not None else None
+        self._held = value is not None
         return value if isinstance(value, str) and value else None
 
     def save(self, call_id: str) -> None:
         """Persist the call id before any wait, so a retry waits for it instead of paying again."""
         if self._store is not None:
             self._store.set(CALL_ID_KEY, call_id)
+            self._held = True
 
     def forget(self) -> None:
-        """
-        Drop the call id once the call failed, or its outputs are on their way out of the task.
-
-        Not before: a try that fails with outputs Airflow cannot store keeps the id, so its retry
-        reattaches with a Check (free) rather than paying for a new Start. Dropped, clearing the
-        task later starts a fresh call.
-        """
-        if self._store is not None:
+        """Drop the call id: clearing the task later starts a fresh call (see :meth:`until_ended`)."""
+        if self._store is not None and self._held is not False:
             self._store.delete(CALL_ID_KEY)
+            self._held = False
+
+    @contextlib.contextmanager
+    def until_ended(self, unsaved: str | None = None) -> Iterator[None]:
+        """
+        Keep the call while the block may still need it; forget it once the block ended it.
+
+        The one rule of the single call's bookkeeping. Forgotten when the block returns (the
+        outputs are on their way out of the task) or raises :class:`BananaCallError` (the call
+        failed: a retry starts a new one). Kept on any other error: the call may still run (a
+        timeout, transport trouble), or it finished but its outputs did not leave the task (Airflow
+        cannot store them; too large for the event and not fetched yet; a file not written), so a
+        retry reattaches with a Check (free) rather than paying for a new Start. Kept too through a
+        deferral, which is no error.
+
+        :param unsaved: a call not stored yet (one that finished within its Start), stored if the
+            block fails with the call kept.
+        """
+        try:
+            yield
+        except BananaCallError:
+            self.forget()
+            raise
+        except Exception:
+            if unsaved:
+                self.save(unsaved)
+            raise
+        self.forget()

@@ -17,9 +17,12 @@ except ImportError:  # Airflow 3.1 has them only in airflow.exceptions
     from airflow.exceptions import AirflowSensorTimeout, AirflowSkipException  # type: ignore[no-redef]
 
 from airflow_provider_banana.contract import (
+    BananaFinished,
     BananaRetryPolicy,
     OutputsOnServer,
+    deadline_for,
     outputs_from_event,
+    task_started,
     validate_call_id,
     validate_poll_interval,
 )
@@ -89,7 +92,13 @@ class BananaCallSensor(BaseSensorOperator):
             trigger=BananaCallTrigger(
                 call_id=call_id,
                 banana_conn_id=self.banana_conn_id,
-                deadline=started_at + self.timeout,
+                # execution_timeout, if shorter, holds too: Airflow does not enforce it while deferred.
+                deadline=deadline_for(
+                    started_at,
+                    self.timeout,
+                    task_started=task_started(context),
+                    execution_timeout=self.execution_timeout,
+                ),
                 started_at=started_at,
                 poll_interval=self.poke_interval,
                 long_poll=True,
@@ -105,7 +114,7 @@ class BananaCallSensor(BaseSensorOperator):
             result = self.hook.check(validate_call_id(self.call_id), long_poll=False)
         except BananaCallError as e:
             self._raise_failed(e)
-        if not result.finished:
+        if not isinstance(result, BananaFinished):
             self.log.info("Banana call %s is %s", result.call_id, result.status_text)
             return False
         return PokeReturnValue(is_done=True, xcom_value=result.model_outputs)

@@ -17,6 +17,8 @@ from airflow_provider_banana.contract import (
     BananaRetryPolicy,
     CallWaiter,
     absolute_deadline,
+    budget,
+    call_timeout_error,
     check_storable,
     error_event,
     success_event,
@@ -25,7 +27,7 @@ from airflow_provider_banana.contract import (
     validate_seconds,
 )
 from airflow_provider_banana.contract.waiting import time_left
-from airflow_provider_banana.exceptions import BananaConfigError, BananaTimeoutError
+from airflow_provider_banana.exceptions import BananaConfigError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook
 from airflow_provider_banana.redact import NO_SECRET, Redactor
 
@@ -103,7 +105,7 @@ class _BananaWaitTrigger(BaseTrigger):
     @property
     def timeout(self) -> float:
         """Return the whole budget from the start, whatever is left now (for the timeout's text)."""
-        return max(self.deadline - self.started_at, 1e-3)
+        return budget(self.deadline, self.started_at)
 
     def _hook(self) -> BananaAsyncHook:
         return BananaAsyncHook(self.banana_conn_id, retry_policy=self.retry_policy)
@@ -128,6 +130,11 @@ class BananaCallTrigger(_BananaWaitTrigger):
     prints it in the trigger's log): ``model_outputs`` is then ``None`` and ``outputs_bytes`` and
     ``outputs_sha256`` tell the worker what to fetch with one Check; with ``output_path`` the trigger
     writes the outputs there and the event names the file (``output_path``) with the same two fields.
+
+    Its first long poll is abandoned after a random 50-100 % of the connection's ``check_hold`` and
+    sent again at once (one Check more for a call that runs that long): triggers that start
+    together, as after a take-over, then do not re-poll in step, and a call that finishes while
+    thousands of Checks are re-sent is not kept waiting behind them.
 
     The trigger logs when it starts watching (elapsed, time left, and whether it resumes a watch
     that began elsewhere: a takeover by another triggerer or a restart), a progress line at most
@@ -242,7 +249,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
 
     async def _wait(self) -> list[Any]:
         if self.expired:
-            raise BananaTimeoutError(self.call_id, self.timeout)
+            raise call_timeout_error(self.call_id, self.deadline, self.started_at)
         async with self._hook() as hook:
             self._redactor = hook.settings.redactor
             self._waiter = CallWaiter.begin(
