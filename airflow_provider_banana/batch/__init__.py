@@ -3,13 +3,16 @@ Batch inference: many calls from one task, their plan, their watch, and where th
 
 - :mod:`~airflow_provider_banana.batch.plan`: which input to start, what a wave of results means,
   which output lines are ready (pure, no I/O);
+- :mod:`~airflow_provider_banana.batch.run`: the driving loop in the worker (start, take waves, write,
+  and say: done, defer with these calls, or pause);
 - :mod:`~airflow_provider_banana.batch.watch`: concurrent Starts and waves of results, in the worker
   or in the batch trigger;
 - :mod:`~airflow_provider_banana.batch.store`: the plan between deferrals and tries;
 - :mod:`~airflow_provider_banana.batch.files`: JSONL inputs and outputs through object storage.
 
-The operator is :class:`airflow_provider_banana.operators.banana.BananaBatchInferenceOperator` and
-the trigger :class:`airflow_provider_banana.triggers.banana.BananaBatchTrigger`.
+The operator, a thin shell around :class:`~airflow_provider_banana.batch.run.BatchRun`, is
+:class:`airflow_provider_banana.operators.banana.BananaBatchInferenceOperator`, and the trigger
+:class:`airflow_provider_banana.triggers.banana.BananaBatchTrigger`.
 """
 
 from __future__ import annotations

@@ -668,4 +668,3 @@ class BananaBatchInferenceOperator(BaseOperator):
     def on_kill(self) -> None:
         """Say that the calls in flight run on: Banana v4 cannot cancel them."""
         self.log.warning("Task killed during a Banana batch. %s; a retry reattaches to the calls in flight", _NO_CANCEL)
-
