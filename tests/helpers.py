@@ -176,3 +176,27 @@ def assert_raised(logs: str, name: str, *fragments: str) -> str:
         if all(fragment in message for fragment in fragments):
             return message
     raise AssertionError(f"no {name} with {fragments!r} in the logs; the exceptions there: {raised(logs)!r}")
+
+
+def private_database(folder: Path) -> str:
+    """
+    Copy the session's SQLite metadata database into ``folder``; return the copy's SQLAlchemy URL.
+
+    A subprocess that runs DAGs (``airflow dags test``, ``dag.test()`` with other settings) gets a
+    copy of its own: on Airflow 3.1, ``airflow dags test`` run beside this process on the same file
+    left it "malformed" for every test after it.
+
+    :param folder: where to put the copy.
+    """
+    import os
+    import sqlite3
+
+    source = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")
+    target = folder / "airflow.db"
+    reader, writer = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        reader.backup(writer)
+    finally:
+        reader.close()
+        writer.close()
+    return f"sqlite:///{target}"

@@ -53,6 +53,7 @@ from tests.helpers import (
     collect,
     connection_json,
     free_port,
+    private_database,
     states,
     try_numbers,
     xcom,
@@ -336,6 +337,7 @@ def test_the_xcom_object_storage_backend_keeps_large_outputs_out_of_the_database
         "AIRFLOW__CORE__XCOM_BACKEND": "airflow.providers.common.io.xcom.backend.XComObjectStorageBackend",
         "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_PATH": f"file://{storage}",
         "AIRFLOW__COMMON_IO__XCOM_OBJECTSTORAGE_THRESHOLD": str(MAX_EVENT_OUTPUTS_BYTES),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": private_database(tmp_path),
     }
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "t_large_deferrable", "--conf", json.dumps(conf)],
@@ -352,10 +354,11 @@ def test_the_xcom_object_storage_backend_keeps_large_outputs_out_of_the_database
     assert json.loads(files[0].read_bytes()) == expected(MB, "x")
     # What the metadata database keeps is the file's path, not the megabyte.
     from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
 
-    with create_session() as session:
+    engine = create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with Session(engine) as session:
         row = session.scalars(
             select(XComModel)
             .where(XComModel.dag_id == "t_large_deferrable", XComModel.key == "return_value")
@@ -363,6 +366,7 @@ def test_the_xcom_object_storage_backend_keeps_large_outputs_out_of_the_database
         ).first()
         assert row is not None
         stored = XComModel.deserialize_value(row)
+    engine.dispose()
     assert isinstance(stored, str)
     assert stored.startswith(f"file://{storage}")
 

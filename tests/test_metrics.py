@@ -28,7 +28,7 @@ import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.metrics import METRICS
-from tests.helpers import AIRFLOW_VERSION, API_KEY, ROOT, connection_json
+from tests.helpers import AIRFLOW_VERSION, API_KEY, ROOT, connection_json, private_database
 
 pytestmark = pytest.mark.usefixtures("airflow_db", "banana_conn")
 
@@ -181,7 +181,11 @@ def _run_scenarios(
         "from tests.test_metrics import run_scenarios; "
         f"run_scenarios({devserver.url!r}, {str(work)!r}, {only!r}, {linger!r})"
     )
-    env = {**env, "AIRFLOW_CONN_BANANA_DEFAULT": connection_json(devserver.url, model_key="wordcount")}
+    env = {
+        **env,
+        "AIRFLOW_CONN_BANANA_DEFAULT": connection_json(devserver.url, model_key="wordcount"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": private_database(work),
+    }
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )

@@ -29,7 +29,7 @@ from airflow_provider_banana.exceptions import (
     BananaResponseLostError,
 )
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
-from tests.helpers import connection_json
+from tests.helpers import AIRFLOW_VERSION, connection_json
 from tests.hostile import Action, HostileServer, close, json_reply, pause, send
 from tests.leaks import KEY
 
@@ -66,6 +66,10 @@ def start(half: str, inputs: Any = None) -> Any:
 # 1. An extra that is JSON, but not an object.
 
 
+@pytest.mark.skipif(
+    AIRFLOW_VERSION < (3, 2),
+    reason="Airflow 3.1's environment-variable backend drops such a connection itself (the conn_id is not defined)",
+)
 class TestExtraNotAnObject:
     @pytest.mark.parametrize(
         ("extra", "kind"),
