@@ -43,7 +43,15 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.hooks.banana"]}],
-        "operators": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.operators.banana"]}],
+        "operators": [
+            {
+                "integration-name": "Banana",
+                "python-modules": [
+                    "airflow_provider_banana.operators.banana",
+                    "airflow_provider_banana.operators.batch",
+                ],
+            }
+        ],
         "sensors": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.sensors.banana"]}],
         "triggers": [{"integration-name": "Banana", "python-modules": ["airflow_provider_banana.triggers.banana"]}],
         # @task.banana and @task.banana_batch: Airflow's task object resolves them from here.

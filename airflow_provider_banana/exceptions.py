@@ -21,6 +21,8 @@ The tree::
         ├── BananaOutputsError             outputs the trigger saw cannot be had as it saw them (call_id, size, sha256)
         │   ├── BananaOutputsExpiredError  the server no longer has them (its retention ended); never retried
         │   └── BananaOutputsMismatchError what the worker fetched differs from what the trigger saw
+        ├── BananaStorageError             a batch's input or output file failed after the batch began (an outage,
+        │                                  not a bad argument); the calls run on and a retry reattaches to them
         └── BananaTransportError           the exchange failed; says nothing about the call (endpoint, request_sent)
             ├── BananaConnectError         never reached the server: the request was not taken
             │   └── BananaCertificateError the server's TLS certificate is not trusted; never retried
@@ -63,6 +65,7 @@ __all__ = [
     "BananaProtocolError",
     "BananaReplyTooLargeError",
     "BananaResponseLostError",
+    "BananaStorageError",
     "BananaTimeoutError",
     "BananaTransportError",
 ]
@@ -230,9 +233,7 @@ class BananaHTTPError(BananaTransportError):
         request_sent: bool | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(
-            detail, endpoint=endpoint, call_id=call_id, status_code=status_code, request_sent=request_sent
-        )
+        super().__init__(detail, endpoint=endpoint, call_id=call_id, status_code=status_code, request_sent=request_sent)
 
 
 class BananaProtocolError(BananaTransportError):
@@ -334,3 +335,14 @@ def _rebuild(cls, args, state):
     Exception.__init__(error, *args)
     error.__dict__.update(state)
     return error
+
+
+class BananaStorageError(BananaError):
+    """
+    Report that a batch's input or output file failed after the batch began: a storage outage, not a bad argument.
+
+    A path that cannot be used at all is a :class:`BananaConfigError`, raised before any Start; this
+    one comes mid-batch (a part of the output file, the assembled file, or an input line read again),
+    with calls started and perhaps billed. What was recorded stays: a retry of the task reattaches
+    to the calls in flight and writes the parts again.
+    """

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_banana.contract import CHECK, START, BananaResult, BananaRetryPolicy, parse_reply
+from airflow_provider_banana.contract import CHECK, START, BananaFinished, BananaResult, BananaRetryPolicy, parse_reply
 from airflow_provider_banana.exceptions import BananaError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
 from tests.helpers import connection_json
@@ -94,7 +94,7 @@ def check_outcome(outcome: BananaResult | BaseException, content: bytes) -> None
         assert_no_key(*error_texts(outcome))
         return
     assert_no_key(outcome.message, outcome.api_version or "", outcome.call_id or "")
-    if outcome.finished:
+    if isinstance(outcome, BananaFinished):
         expected = expected_outputs(content)
         if expected is not None:
             assert json.dumps(outcome.model_outputs) == json.dumps(expected)  # NaN-safe equality
@@ -188,5 +188,6 @@ def test_both_hooks_turn_any_reply_into_a_result_or_our_error(
     check_outcome(async_outcome, content)
     # The two halves agree: the same kind of outcome, and the same result.
     assert type(sync_outcome) is type(async_outcome)
-    if isinstance(sync_outcome, BananaResult):
-        assert json.dumps(sync_outcome.model_outputs) == json.dumps(getattr(async_outcome, "model_outputs", None))
+    if isinstance(sync_outcome, BananaFinished):
+        assert isinstance(async_outcome, BananaFinished)
+        assert json.dumps(sync_outcome.model_outputs) == json.dumps(async_outcome.model_outputs)

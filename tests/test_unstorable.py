@@ -138,6 +138,7 @@ def test_keys_ints_at_the_edges_and_many_problems() -> None:
 def _airflow_stores(value: Any) -> bool:
     """Whether Airflow's own pieces pass ``value`` the way a task's XCom push does."""
     from airflow.sdk.execution_time.comms import SetXCom
+
     try:
         from airflow.sdk.serde import serialize
     except ImportError:  # Airflow 3.1 has it in core only

@@ -11,7 +11,7 @@ Batch inference: many calls from one task, their plan, their watch, and where th
 - :mod:`~airflow_provider_banana.batch.files`: JSONL inputs and outputs through object storage.
 
 The operator, a thin shell around :class:`~airflow_provider_banana.batch.run.BatchRun`, is
-:class:`airflow_provider_banana.operators.banana.BananaBatchInferenceOperator`, and the trigger
+:class:`airflow_provider_banana.operators.batch.BananaBatchInferenceOperator`, and the trigger
 :class:`airflow_provider_banana.triggers.banana.BananaBatchTrigger`.
 """
 

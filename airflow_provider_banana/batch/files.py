@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_banana.batch.plan import inputs_digest
 from airflow_provider_banana.contract import OutputsDigest, OutputsWritten, canonical_outputs, validate_model_inputs
-from airflow_provider_banana.exceptions import BananaConfigError
+from airflow_provider_banana.exceptions import BananaConfigError, BananaError, BananaStorageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -49,21 +49,22 @@ def as_storage_path(value: Any, argument: str) -> ObjectStoragePath:
     raise BananaConfigError(f"{argument} must be a URI string or an ObjectStoragePath, got {value!r}")
 
 
-def write_file(path: ObjectStoragePath, data: bytes, what: str) -> None:
+def write_file(path: ObjectStoragePath, data: bytes, what: str, error: type[BananaError] = BananaConfigError) -> None:
     """
     Write ``data`` to ``path``, replacing what is there, its folder made first.
 
     :param path: the file.
     :param data: its whole content.
     :param what: the file, for the error (``output_path s3://...``).
-    :raises BananaConfigError: the file cannot be written.
+    :param error: what a failure raises: :class:`BananaStorageError` in the middle of a batch.
+    :raises BananaConfigError: the file cannot be written (or ``error``).
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as file:
             file.write(data)
     except OSError as e:
-        raise BananaConfigError(f"{what}: cannot be written: {e}") from e
+        raise error(f"{what}: cannot be written: {e}") from e
 
 
 def write_outputs(path: ObjectStoragePath, model_outputs: list[Any]) -> OutputsWritten:
@@ -166,11 +167,19 @@ class JsonlInputs:
         return BananaConfigError(f"input_path {self.path}, line {number}: {reason}; no call was started")
 
     def get(self, index: int) -> dict[str, Any]:
-        """Return input ``index`` (the line :meth:`scan` found at that position)."""
-        if self._file is None:
-            self._file = self.path.open("rb")
-        self._file.seek(self._offsets[index])
-        value: dict[str, Any] = json.loads(self._file.readline())
+        """
+        Return input ``index`` (the line :meth:`scan` found at that position).
+
+        :raises BananaStorageError: the file cannot be read again (the batch has begun).
+        """
+        try:
+            if self._file is None:
+                self._file = self.path.open("rb")
+            self._file.seek(self._offsets[index])
+            line = self._file.readline()
+        except OSError as e:
+            raise BananaStorageError(f"input_path {self.path}: cannot be read again (line {index + 1}): {e}") from e
+        value: dict[str, Any] = json.loads(line)
         return value
 
     def close(self) -> None:
@@ -214,16 +223,18 @@ class JsonlOutput:
 
         :param number: the part's number: the count of parts recorded so far.
         :param lines: its lines, in input order.
-        :raises BananaConfigError: the part cannot be written.
+        :raises BananaStorageError: the part cannot be written.
         """
-        write_file(self._part(number), encode_lines(lines), f"output_path {self.path} (its part {number})")
+        write_file(
+            self._part(number), encode_lines(lines), f"output_path {self.path} (its part {number})", BananaStorageError
+        )
 
     def assemble(self, count: int) -> None:
         """
         Write the output file from parts ``0 .. count - 1``, in order, streaming.
 
         :param count: the parts recorded.
-        :raises BananaConfigError: a part is missing or the file cannot be written.
+        :raises BananaStorageError: a part is missing or the file cannot be written.
         """
         try:
             with self.path.open("wb") as out:
@@ -231,7 +242,7 @@ class JsonlOutput:
                     with self._part(number).open("rb") as part:
                         shutil.copyfileobj(part, out, 1024 * 1024)
         except OSError as e:
-            raise BananaConfigError(f"output_path {self.path}: cannot be written: {e}") from e
+            raise BananaStorageError(f"output_path {self.path}: cannot be written: {e}") from e
 
     def remove_parts(self) -> None:
         """Remove the parts folder (once the output file is whole)."""

@@ -1,7 +1,7 @@
 """
 Drive one batch from the worker: start inputs, take the waves of calls that ended, write outputs, and say when to defer.
 
-The operator (:class:`~airflow_provider_banana.operators.banana.BananaBatchInferenceOperator`) is a
+The operator (:class:`~airflow_provider_banana.operators.batch.BananaBatchInferenceOperator`) is a
 thin shell around :class:`BatchRun`: it builds one per ``execute`` or ``execute_complete``, calls
 :meth:`BatchRun.advance` until it says :class:`Done`, sleeps on :class:`Pause`, and defers to the
 trigger on :class:`Defer`. The plan (:mod:`.plan`) decides; the store (:mod:`.store`) persists; the
@@ -11,13 +11,18 @@ worker (:mod:`.watch`) sends; this module runs the loop between them.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_banana import metrics
-from airflow_provider_banana.batch.plan import START_LOST, BatchPlan, Wave
+from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListInputs, as_storage_path
+from airflow_provider_banana.batch.plan import START_LOST, START_LOST_EARLIER, BatchPlan, Wave
+from airflow_provider_banana.batch.store import BatchStore
 from airflow_provider_banana.batch.watch import BatchWorker
 from airflow_provider_banana.contract import (
     BananaFinished,
@@ -25,18 +30,21 @@ from airflow_provider_banana.contract import (
     BananaRetryPolicy,
     batch_timeout_error,
     check_storable,
+    validate_batch_inputs,
 )
 from airflow_provider_banana.contract.waiting import time_left
 from airflow_provider_banana.exceptions import (
     BananaCallError,
+    BananaConfigError,
     BananaError,
     BananaOutputsNotStorableError,
     BananaTransportError,
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_banana.batch.files import JsonlInputs, JsonlOutput, ListInputs
-    from airflow_provider_banana.batch.store import BatchStore
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_banana.hooks.banana import BananaHook
 
     BatchInputs = ListInputs | JsonlInputs
 
@@ -380,3 +388,101 @@ def progress_line(plan: BatchPlan, store: BatchStore, elapsed: float) -> str:
 
 def counts(plan: BatchPlan) -> str:
     return ", ".join(f"{value} {name}" for name, value in plan.progress().items())
+
+
+@contextlib.contextmanager
+def open_batch(
+    context: Context,
+    *,
+    model_inputs: Any,
+    input_path: str | ObjectStoragePath | None,
+    output_path: str | ObjectStoragePath | None,
+    max_in_flight: int,
+    item_retries: int,
+    stop_on_failure: bool,
+    max_starting: int,
+    durable: bool,
+) -> Iterator[tuple[BatchInputs, JsonlOutput | None, BatchPlan, BatchStore]]:
+    """
+    Check the batch's inputs and files, and yield its source, output, fresh plan and store (the source closed after).
+
+    Everything about the inputs and the files is checked here, before any Start.
+
+    :param context: the task's context.
+    :param model_inputs: the inputs as a list (or a JSON array string), if not ``input_path``.
+    :param input_path: the JSONL file of inputs, if not ``model_inputs``.
+    :param output_path: the JSONL file of results, if any.
+    :param max_in_flight: most calls running (or starting) at once.
+    :param item_retries: times one failed input is started again.
+    :param stop_on_failure: ``on_item_failure="fail"``.
+    :param max_starting: most Starts sent at once.
+    :param durable: keep the plan in the ``task_state_store`` when there is one.
+    :raises BananaConfigError: bad inputs, or ``output_path`` the same file as ``input_path``.
+    """
+    output = JsonlOutput(as_storage_path(output_path, "output_path")) if output_path else None
+    source: BatchInputs
+    if input_path is not None:
+        path = as_storage_path(input_path, "input_path")
+        if output is not None and str(path) == str(output.path):
+            raise BananaConfigError(f"output_path must not be input_path ({path})")
+        source = JsonlInputs(path).scan()
+    else:
+        source = ListInputs(validate_batch_inputs(model_inputs))
+    try:
+        plan = BatchPlan(
+            size=source.size,
+            max_in_flight=max_in_flight,
+            item_retries=item_retries,
+            stop_on_failure=stop_on_failure,
+            digest=source.digest + (":to-file" if output else ""),
+            max_starting=max_starting,
+            ordered=output is not None,
+        )
+        yield source, output, plan, BatchStore(context, durable)
+    finally:
+        source.close()
+
+
+def resume(plan: BatchPlan, store: BatchStore, log: logging.Logger | Any, tags: metrics.Tags) -> None:
+    """
+    Load the plan an earlier try or deferral persisted, if any, and say so (a new try restarts the lost Starts).
+
+    :param plan: a fresh plan for the same inputs.
+    :param store: where it was persisted.
+    :param log: the task's logger.
+    :param tags: the metric tags of the task.
+    """
+    resumed = store.load(plan)
+    if resumed is None:
+        return
+    if plan.lost_earlier:
+        log.warning(
+            "Banana batch items %s: %s; a new try starts them again",
+            ", ".join(map(str, plan.lost_earlier)),
+            START_LOST_EARLIER,
+        )
+    if resumed.new_try:
+        plan.new_try()
+    log.info(
+        "Resuming Banana batch from an earlier try: %s; reattaching to %d running calls",
+        counts(plan),
+        len(plan.running),
+    )
+    metrics.count(metrics.CALL_REATTACHED, tags, n=len(plan.running))
+
+
+def fetch_on_server(wave: Wave, hook: BananaHook, log: logging.Logger | Any) -> Wave:
+    """
+    Return ``wave`` with the outputs too large for its event fetched: one Check each (free: the calls ended).
+
+    :param wave: a wave from the trigger's event.
+    :param hook: the hook that fetches and verifies them against what the trigger saw.
+    :param log: the task's logger.
+    """
+    if not wave.on_server:
+        return wave
+    finished = dict(wave.finished)
+    for call_id, left in wave.on_server.items():
+        finished[call_id] = hook.fetch_outputs(left)
+    log.info("Banana batch: fetched the outputs of %d calls, too large for the trigger's event", len(wave.on_server))
+    return dataclasses.replace(wave, finished=finished, on_server={})

@@ -129,6 +129,23 @@ class BatchStore:
         counts = plan.progress()
         self.ended_at_start = counts["finished"] + counts["failed"]
 
+    def try_deadline(
+        self, *, timeout: float, task_started: datetime | None = None, execution_timeout: timedelta | None = None
+    ) -> float:
+        """
+        Return this try's deadline: the one fixed when the try began, or (a plan saved without one) the rule's again.
+
+        The same rule as a single call's: ``timeout`` from this try's start, or ``execution_timeout``
+        if earlier, which Airflow does not enforce while the batch is deferred.
+
+        :param timeout: seconds the try may take.
+        :param task_started: when the task's try started (``ti.start_date``), if known.
+        :param execution_timeout: the task's ``execution_timeout``, if any.
+        """
+        if self.deadline is not None:
+            return self.deadline
+        return deadline_for(self.started_at, timeout, task_started=task_started, execution_timeout=execution_timeout)
+
     def outputs(self) -> dict[int, list[Any]]:
         """Return every output persisted so far, by input index (read once, when the batch ends)."""
         outputs: dict[int, list[Any]] = {}

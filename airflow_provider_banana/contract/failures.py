@@ -52,6 +52,8 @@ _NOT_SENT = {
 #: What every error of a Start that the server may have taken says, in one place: a lost answer, a
 #: garbled or oversized reply, a 5xx that is not a refusal. A person reads the same words each time.
 START_MAY_BE_TAKEN = "the Start may have been taken and billed, so it is not sent again"
+#: What a task killed while its calls run says of them.
+NO_CANCEL = "Banana v4 has no cancel endpoint: the call runs on and is billed"
 
 
 def note_start_taken(endpoint: str, text: str) -> str:

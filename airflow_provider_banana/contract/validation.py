@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -148,6 +148,31 @@ def validate_model_inputs(model_inputs: Any) -> dict[str, Any]:
     return model_inputs
 
 
+def validate_batch_inputs(model_inputs: Any) -> list[dict[str, Any]]:
+    """
+    Return a batch's inputs as a list of dicts, each checked by :func:`validate_model_inputs`, or raise naming one.
+
+    :param model_inputs: an iterable of inputs, or a string holding a JSON array (what a template renders to).
+    :raises BananaConfigError: a string that is not JSON, or an input that fails its check (naming its index).
+    :raises TypeError: a value that is not a list of inputs, or an input that is not one.
+    """
+    value = model_inputs
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise BananaConfigError(f"model_inputs is a string but not a JSON array: {e}") from e
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(f"model_inputs must be a list of inputs, got {type(value).__name__}")
+    inputs = []
+    for index, item in enumerate(value):
+        try:
+            inputs.append(validate_model_inputs(item))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"model_inputs[{index}]: {e}") from e
+    return inputs
+
+
 def validate_call_id(call_id: Any) -> str:
     """
     Return a call id, or raise if it is empty.
@@ -202,7 +227,6 @@ def validate_poll_interval(value: Any, name: str = "poll_interval") -> float:
     :raises BananaConfigError: not a number of seconds, or below the floor.
     """
     return validate_seconds(name, value, minimum=MIN_POLL_INTERVAL)
-
 
 
 def absolute_deadline(value: Any, name: str = "deadline") -> float:

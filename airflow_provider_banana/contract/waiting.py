@@ -28,6 +28,15 @@ DEFAULT_TIMEOUT = 3600.0
 #: Default pause between Checks when long polling is off, or after a quick answer.
 DEFAULT_POLL_INTERVAL = 5.0
 
+#: Seconds a deferrable operator's worker waits for a call to end before deferring: about what the
+#: round trip through the triggerer costs here (benchmarks/README.md, batch against mapping).
+DEFAULT_DEFER_AFTER = 5.0
+
+#: Seconds a deferral's backstop (Airflow's own timeout of the deferral) waits past the trigger's
+#: deadline, so that the trigger's clearer ``timeout`` event normally wins and the backstop only
+#: fires if the trigger cannot run.
+DEFER_BACKSTOP_MARGIN = 60.0
+
 #: The first long poll of a wait is abandoned after a random share of the server's hold between this
 #: and the whole hold (see :meth:`CallWaiter.hold_cut`), so that waits begun together part ways.
 SPREAD_FROM = 0.5

@@ -50,6 +50,12 @@ class ModelStats:
         self.running = Gauge()
         self.queued = Gauge()
 
+    def reset(self) -> None:
+        """Zero the counter; the gauges keep their current value and restart their peak from it."""
+        self.starts_taken = 0
+        self.running.reset_peak()
+        self.queued.reset_peak()
+
     def to_json(self) -> dict[str, int]:
         """Return the counters as a JSON-ready dict."""
         return {
@@ -70,32 +76,28 @@ class Stats:
     """
 
     def __init__(self, model_keys: Iterable[str]) -> None:
-        self.start_requests = 0
-        self.starts_taken = 0
-        self.check_requests = 0
-        self.finished = 0
-        self.failed = 0
-        self.faults_served = 0
         self.long_polls_open = Gauge()
         self.start_holds_open = Gauge()
         self.running = Gauge()
         self.queued = Gauge()
         self.per_model = {key: ModelStats() for key in model_keys}
+        self._zero_counters()
 
-    def reset(self) -> None:
-        """Zero the counters; gauges keep their current value and restart their peak from it."""
+    def _zero_counters(self) -> None:
         self.start_requests = 0
         self.starts_taken = 0
         self.check_requests = 0
         self.finished = 0
         self.failed = 0
         self.faults_served = 0
+
+    def reset(self) -> None:
+        """Zero the counters; gauges keep their current value and restart their peak from it."""
+        self._zero_counters()
         for gauge in (self.long_polls_open, self.start_holds_open, self.running, self.queued):
             gauge.reset_peak()
         for model in self.per_model.values():
-            model.starts_taken = 0
-            model.running.reset_peak()
-            model.queued.reset_peak()
+            model.reset()
 
     def to_json(self, calls_kept: int) -> dict[str, Any]:
         """Return every counter as a JSON-ready dict.

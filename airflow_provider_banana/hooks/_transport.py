@@ -435,6 +435,30 @@ def new_session(headers: dict[str, str]) -> requests.Session:
     return session
 
 
+def new_async_session(headers: dict[str, str]) -> aiohttp.ClientSession:
+    """
+    Return an ``aiohttp.ClientSession`` for :func:`apost`: one per event loop and connection (see ``_sessions``).
+
+    :param headers: sent with every request.
+    """
+    import aiohttp  # here, not at the top: DAG files import the operator at every parse
+
+    return aiohttp.ClientSession(
+        headers=headers,
+        # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
+        # Each request names its own proxy and SSL context (see _transport.apost): sessions are per
+        # base URL and key, and two connections to one server may reach it differently.
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        # The hooks only send JSON bodies and read replies: a server's cookies are not kept.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Proxies and CAs come from the connection's BananaNetwork, the same for the sync side, never
+        # from aiohttp's own reading of the environment.
+        trust_env=False,
+        # Each request sets its own whole-request limit (see _transport.apost).
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
 def _requests_failure(error: requests.RequestException) -> TransportFailure:
     import requests
     import urllib3.exceptions

@@ -17,9 +17,7 @@ import functools
 import json
 import logging
 import os
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,7 +63,7 @@ from airflow_provider_banana.exceptions import (
     BananaError,
     BananaTransportError,
 )
-from airflow_provider_banana.hooks import _transport
+from airflow_provider_banana.hooks import _sessions, _transport
 from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
@@ -584,110 +582,10 @@ class BananaHook(_BananaHookBase):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-class _LoopSessions:
-    """The HTTP sessions of one event loop: one per connection (base URL and key), for every hook.
-
-    This is the one lease primitive of the async side: a trigger, a batch trigger and a batch's
-    worker watch all enter a :class:`BananaAsyncHook`, which leases its connection's session here
-    and gives it back on exit; the last user closes it. An aiohttp session's pool costs the same
-    per request however many requests share it, so one session holds any number of long polls.
-    Hooks of different connections never share a session, so nothing a server sets (cookies, which
-    are ignored anyway) crosses from one connection to another.
-    """
-
-    def __init__(self) -> None:
-        self.sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
-        self.users: dict[tuple[str, str], int] = {}
-        self.lookups: dict[str, asyncio.Future[BananaSettings]] = {}
-
-    async def settings(self, conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> BananaSettings:
-        """Return a connection's settings, joining a lookup of the same id already in flight on this loop.
-
-        A lookup costs ~0.5 ms of CPU (the environment-variable backend runs in a thread), reading
-        and validating it and registering its key with the secret masker more, and a triggerer that
-        restarts or takes over another's triggers starts thousands of hooks at once; they all wait
-        for one lookup and share its settings. Nothing is cached: the next lookup after it ends is
-        fresh, so a changed connection is seen by the next hook.
-
-        :param conn_id: the Airflow connection id.
-        :param lookup: resolves a connection id (the hook's ``aget_connection``).
-        :raises BananaConfigError: the connection is not a usable Banana connection.
-        """
-        pending = self.lookups.get(conn_id)
-        if pending is None:
-            pending = asyncio.ensure_future(_resolve(conn_id, lookup))
-            self.lookups[conn_id] = pending
-            pending.add_done_callback(functools.partial(self._lookup_done, conn_id))
-        # Shielded: one hook cancelled while it waits must not cancel the lookup for the others.
-        return await asyncio.shield(pending)
-
-    def _lookup_done(self, conn_id: str, future: asyncio.Future[BananaSettings]) -> None:
-        if self.lookups.get(conn_id) is future:
-            del self.lookups[conn_id]
-        if not future.cancelled():
-            future.exception()  # retrieved: every waiter may have been cancelled meanwhile
-
-    def lease(self, key: tuple[str, str]) -> aiohttp.ClientSession:
-        """Return the connection's session, opening it for its first user; count the user in.
-
-        :param key: the base URL and the API key.
-        """
-        session = self.sessions.get(key)
-        if session is None:
-            session = self.sessions[key] = _new_session()
-            self.users[key] = 0
-        self.users[key] += 1
-        return session
-
-    async def release(self, key: tuple[str, str]) -> None:
-        """Count a user out of the connection's session; the last one closes it.
-
-        :param key: what :meth:`lease` was given.
-        """
-        self.users[key] -= 1
-        if self.users[key] == 0:
-            del self.users[key]
-            await self.sessions.pop(key).close()
-
-
-# A session is bound to the loop it was made in (dag.test() runs each deferral in a fresh loop), so
-# sessions are kept per loop, and a loop's sessions go away with the loop.
-_SHARES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSessions] = weakref.WeakKeyDictionary()
-_SHARES_LOCK = threading.Lock()
-
-
-def _new_session() -> aiohttp.ClientSession:
-    import aiohttp  # here, not at the top: DAG files import the operator at every parse
-
-    return aiohttp.ClientSession(
-        headers=_HEADERS,
-        # Long polls hold a connection each for up to 50 s: a connection limit would queue them.
-        # Each request names its own proxy and SSL context (see _transport.apost): sessions are per
-        # base URL and key, and two connections to one server may reach it differently.
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-        # The hooks only send JSON bodies and read replies: a server's cookies are not kept.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Proxies and CAs come from the connection's BananaNetwork, the same for the sync side, never
-        # from aiohttp's own reading of the environment.
-        trust_env=False,
-        # Each request sets its own whole-request limit (see _transport.apost).
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
-
-
 async def _resolve(conn_id: str, lookup: Callable[[str], Awaitable[Connection]]) -> BananaSettings:
     settings = BananaSettings.from_connection(await lookup(conn_id))
     await _amask(settings.api_key)
     return settings
-
-
-def _loop_share() -> _LoopSessions:
-    loop = asyncio.get_running_loop()
-    with _SHARES_LOCK:  # one share per loop, even when loops in several threads start together
-        share = _SHARES.get(loop)
-        if share is None:
-            share = _SHARES[loop] = _LoopSessions()
-    return share
 
 
 class BananaAsyncHook(_BananaHookBase):
@@ -716,9 +614,11 @@ class BananaAsyncHook(_BananaHookBase):
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BananaAsyncHook:
-        share = _loop_share()
-        self._settings = await share.settings(self.banana_conn_id, self.aget_connection)
-        self._session = share.lease(self._lease_key)
+        share = _sessions.loop_share()
+        self._settings = await share.settings(
+            self.banana_conn_id, functools.partial(_resolve, lookup=self.aget_connection)
+        )
+        self._session = share.lease(self._lease_key, _HEADERS)
         if not self._settings.network.verify:
             self.log.warning(VERIFY_OFF_WARNING, self.banana_conn_id)
         return self
@@ -726,7 +626,7 @@ class BananaAsyncHook(_BananaHookBase):
     async def __aexit__(self, *exc_info: object) -> None:
         if self._session is not None:
             self._session = None
-            await _loop_share().release(self._lease_key)
+            await _sessions.loop_share().release(self._lease_key)
 
     @property
     def _lease_key(self) -> tuple[str, str]:

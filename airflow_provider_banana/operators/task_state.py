@@ -9,14 +9,19 @@ deployment upgrades. (A batch keeps its plan in :mod:`airflow_provider_banana.ba
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_banana import metrics
+from airflow_provider_banana.contract import BananaResult, Reattach, reattach_decision
 from airflow_provider_banana.exceptions import BananaCallError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from airflow.sdk import Context
+
+    from airflow_provider_banana.hooks.banana import BananaHook
 
 #: The ``task_state_store`` key holding the call a task instance waits for, across its tries.
 #: Renaming it on a deployed version breaks the reattachment of tries in flight.
@@ -65,6 +70,44 @@ class StoredCall:
         if self._store is not None and self._held is not False:
             self._store.delete(CALL_ID_KEY)
             self._held = False
+
+    def reattach(
+        self, hook: BananaHook, log: logging.Logger | Any, tags: Callable[[], metrics.Tags]
+    ) -> BananaResult | None:
+        """
+        Return the call an earlier try stored, as a Check finds it: running (wait for it), or finished.
+
+        A finished call's outputs are the task's result. ``None``: none stored, or it failed or
+        expired (then forgotten: start a new one).
+
+        :param hook: the hook that Checks it (once, not held).
+        :param log: the task's logger.
+        :param tags: the metric tags of the task, asked for only when it reattaches (they may look
+            up the connection).
+        """
+        previous = self.get()
+        if previous is None:
+            return None
+        outcome: BananaResult | BananaCallError
+        try:
+            outcome = hook.check(previous, long_poll=False)
+        except BananaCallError as e:
+            outcome = e
+        decision = reattach_decision(outcome)
+        if isinstance(outcome, BananaCallError) or decision is Reattach.RESTART:
+            log.warning("Banana call %s from an earlier try ended (%s); starting a new call", previous, outcome)
+            self.forget()
+            return None
+        metrics.count(metrics.CALL_REATTACHED, tags())
+        if decision is Reattach.FINISHED:
+            log.info("Banana call %s from an earlier try has finished; returning its outputs", previous)
+        else:
+            log.info(
+                "Reattaching to Banana call %s from an earlier try (%s) instead of starting a new one",
+                previous,
+                outcome.status_text,
+            )
+        return outcome
 
     @contextlib.contextmanager
     def until_ended(self, unsaved: str | None = None) -> Iterator[None]:
