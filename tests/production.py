@@ -115,6 +115,7 @@ EXAMPLE_STARTS = {
     "example_banana_sensor": 1,
     "example_banana_batch": 40,
     "example_banana_batch_files": 50,
+    "example_banana_decorators": 6,  # one call, two mapped, a batch of three
 }
 #: Example DAGs scheduled on an Asset an example above produces: unpaused, never triggered by hand,
 #: each must run by itself once its producer has succeeded.
