@@ -14,7 +14,8 @@ change:
   case-insensitive substring anywhere in ``message``), and the key masked in every text it lets out;
 * :mod:`.stepwise`: a large body parsed in short steps, so that a thread parsing it lets an event
   loop in the same process run;
-* :mod:`.failures`: a transport failure, as the I/O layer saw it, turned into our exception;
+* :mod:`.failures`: a transport failure, as the I/O layer saw it, turned into our exception (a
+  reply too large, undecodable or not well-formed HTTP included);
 * :mod:`.retries`: the one retry policy: ``tenacity.Retrying``'s arguments for the sync hook, and
   ``pause_before_retry`` (the same decisions) for the async hook's own loop;
 * :mod:`.deadline`: when a wait must end (``timeout`` or ``execution_timeout``), and the error
@@ -57,13 +58,16 @@ from airflow_provider_banana.contract.events import (
 from airflow_provider_banana.contract.failures import (
     START_MAY_BE_TAKEN,
     TransportFailure,
+    malformed_reply,
     note_start_taken,
+    reply_too_large,
     transport_error,
+    undecodable_reply,
     unexpected_transport_error,
     untrusted_certificate,
     unusable_url,
 )
-from airflow_provider_banana.contract.framing import framing_problem, malformed_reply
+from airflow_provider_banana.contract.framing import framing_problem
 from airflow_provider_banana.contract.limits import (
     DEFAULT_MAX_REPLY_BYTES,
     MIN_MAX_REPLY_BYTES,
@@ -92,8 +96,6 @@ from airflow_provider_banana.contract.replies import (
     parse_reply,
     parse_retry_after,
     redirect_target,
-    reply_too_large,
-    undecodable_reply,
 )
 from airflow_provider_banana.contract.retries import (
     BananaRetryPolicy,

@@ -1,16 +1,23 @@
-"""Turn a transport failure, as the I/O layer saw it, into our exception."""
+"""
+Turn a transport failure, as the I/O layer saw it, into our exception.
+
+A failure below HTTP (no connection, a lost answer, an untrusted certificate), or a reply that came
+but could not be read: larger than ``max_reply_bytes``, undecodable, or not well-formed HTTP.
+"""
 
 from __future__ import annotations
 
 import enum
 from typing import TYPE_CHECKING
 
-from airflow_provider_banana.contract._text import describe_error, shorten
+from airflow_provider_banana.contract._text import describe_error, shorten, size_text
 from airflow_provider_banana.contract.wire import START
 from airflow_provider_banana.exceptions import (
     BananaCertificateError,
     BananaConfigError,
     BananaConnectError,
+    BananaProtocolError,
+    BananaReplyTooLargeError,
     BananaResponseLostError,
     BananaTransportError,
 )
@@ -170,3 +177,44 @@ def unexpected_transport_error(
         redactor=redactor,
         network=network,
     )
+
+
+def reply_too_large(endpoint: str, limit: int, *, call_id: str | None = None) -> BananaReplyTooLargeError:
+    """
+    Return the error for a reply whose body, decompressed, passed ``max_reply_bytes``.
+
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param limit: the limit, in bytes.
+    :param call_id: the call a Check was about.
+    """
+    text = (
+        f"the reply is larger than max_reply_bytes ({size_text(limit)}), so it was not read to the end; "
+        "if the model's outputs really are that large, raise 'max_reply_bytes' in the connection's extra"
+    )
+    return BananaReplyTooLargeError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id, limit=limit)
+
+
+def undecodable_reply(endpoint: str, detail: str, *, call_id: str | None = None) -> BananaProtocolError:
+    """
+    Return the error for a reply whose ``Content-Encoding`` (gzip, deflate ...) could not be undone.
+
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param detail: the HTTP library's words.
+    :param call_id: the call a Check was about.
+    """
+    text = f"the reply's compressed body could not be decoded ({shorten(detail)})"
+    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)
+
+
+def malformed_reply(endpoint: str, problem: str, *, call_id: str | None = None) -> BananaProtocolError:
+    """
+    Return the error for a reply whose head is not well-formed HTTP (see :func:`.framing.framing_problem`).
+
+    A Check is retried (the next answer may be well-formed); a Start is not: it may have been taken.
+
+    :param endpoint: :data:`START` or :data:`CHECK`.
+    :param problem: what is wrong, the key already masked in it.
+    :param call_id: the call a Check was about.
+    """
+    text = f"the reply is not well-formed HTTP ({shorten(problem)})"
+    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)

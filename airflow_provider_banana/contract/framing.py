@@ -7,7 +7,7 @@ it), and takes the first of two lengths, where aiohttp's parser refuses each of 
 body boundaries are ambiguous is where answers get mixed up (request smuggling lives there), so
 both halves refuse the same heads, with the same error: :func:`framing_problem` is applied to the
 head each library read, and what a library refuses by itself is reported through
-:func:`malformed_reply` too.
+:func:`.failures.malformed_reply` too.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable
 
 from airflow_provider_banana.contract._text import shorten
-from airflow_provider_banana.contract.failures import note_start_taken
-from airflow_provider_banana.exceptions import BananaProtocolError
 
 # RFC 9110 5.1: a field name is a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -55,17 +53,3 @@ def framing_problem(headers: Iterable[tuple[str, str]]) -> str | None:
     if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
         return f"Content-Length {shorten(lengths[0])!r} is not a number"
     return None
-
-
-def malformed_reply(endpoint: str, problem: str, *, call_id: str | None = None) -> BananaProtocolError:
-    """
-    Return the error for a reply whose head is not well-formed HTTP (see :func:`framing_problem`).
-
-    A Check is retried (the next answer may be well-formed); a Start is not: it may have been taken.
-
-    :param endpoint: :data:`START` or :data:`CHECK`.
-    :param problem: what is wrong, the key already masked in it.
-    :param call_id: the call a Check was about.
-    """
-    text = f"the reply is not well-formed HTTP ({shorten(problem)})"
-    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)

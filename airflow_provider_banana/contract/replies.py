@@ -12,7 +12,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeAlias
 from urllib.parse import urljoin, urlsplit
 
-from airflow_provider_banana.contract._text import excerpt, server_text, shorten, size_text
+from airflow_provider_banana.contract._text import excerpt, server_text, shorten
 from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, JsonTooDeepError, load_json
 from airflow_provider_banana.contract.failures import note_start_taken
 from airflow_provider_banana.contract.retries import start_refused
@@ -24,7 +24,6 @@ from airflow_provider_banana.exceptions import (
     BananaCallNotFoundError,
     BananaHTTPError,
     BananaProtocolError,
-    BananaReplyTooLargeError,
 )
 from airflow_provider_banana.redact import Redactor
 
@@ -285,33 +284,6 @@ def redirect_target(location: str | None, url: str) -> str:
         return "(a Location without a host)"
     host = f"[{host}]" if ":" in host else host
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
-
-
-def reply_too_large(endpoint: str, limit: int, *, call_id: str | None = None) -> BananaReplyTooLargeError:
-    """
-    Return the error for a reply whose body, decompressed, passed ``max_reply_bytes``.
-
-    :param endpoint: :data:`START` or :data:`CHECK`.
-    :param limit: the limit, in bytes.
-    :param call_id: the call a Check was about.
-    """
-    text = (
-        f"the reply is larger than max_reply_bytes ({size_text(limit)}), so it was not read to the end; "
-        "if the model's outputs really are that large, raise 'max_reply_bytes' in the connection's extra"
-    )
-    return BananaReplyTooLargeError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id, limit=limit)
-
-
-def undecodable_reply(endpoint: str, detail: str, *, call_id: str | None = None) -> BananaProtocolError:
-    """
-    Return the error for a reply whose ``Content-Encoding`` (gzip, deflate ...) could not be undone.
-
-    :param endpoint: :data:`START` or :data:`CHECK`.
-    :param detail: the HTTP library's words.
-    :param call_id: the call a Check was about.
-    """
-    text = f"the reply's compressed body could not be decoded ({shorten(detail)})"
-    return BananaProtocolError(note_start_taken(endpoint, text), endpoint=endpoint, call_id=call_id)
 
 
 def parse_reply(

@@ -167,8 +167,10 @@ async def read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(service: BananaService, admin: AdminMode = "open", admin_token: str | None = None) -> Starlette:
-    """Build the ASGI app around a service.
+class BananaApp:
+    """Serve one service over HTTP: Banana's two endpoints, a healthcheck and the admin API.
+
+    Each route's handler is a method; :meth:`build` assembles them into the Starlette app.
 
     :param service: the server's state and behaviour; opened and closed by the app's lifespan.
     :param admin: how the ``/_admin/`` routes are exposed, usually from
@@ -176,23 +178,154 @@ def create_app(service: BananaService, admin: AdminMode = "open", admin_token: s
         ``token`` only with ``Authorization: Bearer <admin_token>`` (401 otherwise), ``off``
         not at all (404, like any unknown path).
     :param admin_token: the token ``admin="token"`` requires; only with that mode.
-    :return: the Starlette application.
     :raises ValueError: when ``admin`` is unknown or does not match ``admin_token``.
     """
-    if admin not in ("open", "token", "off"):
-        raise ValueError(f"admin must be 'open', 'token' or 'off', not {admin!r}")
-    if (admin == "token") != bool(admin_token):
-        raise ValueError('admin_token is required with admin="token" and only then')
-    faults = FaultSwitches()
 
-    async def banana_endpoint(request: Request, endpoint: str) -> Response:
+    def __init__(self, service: BananaService, admin: AdminMode = "open", admin_token: str | None = None) -> None:
+        if admin not in ("open", "token", "off"):
+            raise ValueError(f"admin must be 'open', 'token' or 'off', not {admin!r}")
+        if (admin == "token") != bool(admin_token):
+            raise ValueError('admin_token is required with admin="token" and only then')
+        self.service = service
+        self.admin = admin
+        self.admin_token = admin_token
+        self.faults = FaultSwitches()
+
+    def build(self) -> Starlette:
+        """Return the Starlette application routing every path to its handler."""
+        routes: list[BaseRoute] = [
+            *(Route(path, self.start, methods=["POST"]) for path in ("/start/v4/", "/start/v4")),
+            *(Route(path, self.check, methods=["POST"]) for path in ("/check/v4/", "/check/v4")),
+            Route("/healthcheck", self.healthcheck, methods=["GET"]),
+        ]
+        if self.admin != "off":
+            admin_router = Router(
+                routes=[
+                    Route("/stats", self.admin_stats, methods=["GET"]),
+                    Route("/reset", self.admin_reset, methods=["POST"]),
+                    Route("/forget", self.admin_forget, methods=["POST"]),
+                    Route("/faults", self.admin_faults, methods=["GET", "POST"]),
+                    Route("/settings", self.admin_settings, methods=["GET", "POST"]),
+                ],
+                redirect_slashes=False,
+            )
+            # Mounted, so that the guard sees every /_admin/ request, unknown paths and methods included.
+            admin_app: ASGIApp = (
+                admin_router if self.admin_token is None else AdminTokenGuard(admin_router, self.admin_token)
+            )
+            routes.append(Mount("/_admin", app=admin_app))
+        app = Starlette(routes=routes, lifespan=self.lifespan)
+        # Both spellings of each path are routed; anything else is a plain 404, never a redirect.
+        app.router.redirect_slashes = False
+        return app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Open the service while the app serves, and close it after.
+
+        :param app: the application starting.
+        """
+        await self.service.open()
+        try:
+            yield
+        finally:
+            await self.service.close()
+
+    async def start(self, request: Request) -> Response:
+        """Answer ``POST /start/v4/``.
+
+        :param request: the request.
+        """
+        return await self._banana_endpoint(request, "start")
+
+    async def check(self, request: Request) -> Response:
+        """Answer ``POST /check/v4/``.
+
+        :param request: the request.
+        """
+        return await self._banana_endpoint(request, "check")
+
+    async def healthcheck(self, request: Request) -> Response:
+        """Answer ``GET /healthcheck``.
+
+        :param request: the request.
+        """
+        return json_response({"state": "healthy"})
+
+    async def admin_stats(self, request: Request) -> Response:
+        """Answer ``GET /_admin/stats`` with every counter.
+
+        :param request: the request.
+        """
+        return json_response(self.service.stats.to_json(calls_kept=len(self.service.calls)))
+
+    async def admin_reset(self, request: Request) -> Response:
+        """Answer ``POST /_admin/reset``: zero the counters, clear the fault switches, maybe forget the calls.
+
+        :param request: the request, its body ``{"forget_calls": bool}`` or empty.
+        """
+        body = await _admin_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("forget_calls", False), bool):
+            return _admin_error('expected {"forget_calls": bool}')
+        await self.service.reset(forget_calls=body.get("forget_calls", False))
+        self.faults.clear()
+        return json_response({"reset": True, "forgot_calls": body.get("forget_calls", False)})
+
+    async def admin_forget(self, request: Request) -> Response:
+        """Answer ``POST /_admin/forget``: forget every call.
+
+        :param request: the request.
+        """
+        return json_response({"forgotten": await self.service.forget()})
+
+    async def admin_faults(self, request: Request) -> Response:
+        """Answer ``/_admin/faults``: show the fault switches, and on POST set them first.
+
+        :param request: the request; a POST's body is a JSON object of fault switches.
+        """
+        if request.method == "POST":
+            body = await _admin_body(request)
+            if not isinstance(body, dict):
+                return _admin_error("expected a JSON object of fault switches")
+            spec = dict(body)
+            quirk = spec.pop("quirk_empty_message", None)
+            if quirk is not None and not isinstance(quirk, bool):
+                return _admin_error("quirk_empty_message must be a boolean")
+            try:
+                self.faults.update(spec)
+            except FaultSpecError as e:
+                return _admin_error(str(e))
+            if quirk is not None:
+                self.service.settings.quirk_empty_message = quirk
+            log.info("Fault switches now %s", self.faults.to_json())
+        return json_response(
+            {"faults": self.faults.to_json(), "quirk_empty_message": self.service.settings.quirk_empty_message}
+        )
+
+    async def admin_settings(self, request: Request) -> Response:
+        """Answer ``/_admin/settings``: show the settings, and on POST change them first.
+
+        :param request: the request; a POST's body is a JSON object of settings.
+        """
+        if request.method == "POST":
+            body = await _admin_body(request)
+            if not isinstance(body, dict):
+                return _admin_error("expected a JSON object of settings")
+            try:
+                self.service.settings.update(body)
+            except ValueError as e:
+                return _admin_error(str(e))
+            log.info("Settings now %s", self.service.settings.to_json())
+        return json_response(self.service.settings.to_json())
+
+    async def _banana_endpoint(self, request: Request, endpoint: str) -> Response:
         if endpoint == "start":
-            service.stats.start_requests += 1
+            self.service.stats.start_requests += 1
         else:
-            service.stats.check_requests += 1
-        rule = faults.take(endpoint)
+            self.service.stats.check_requests += 1
+        rule = self.faults.take(endpoint)
         if rule is not None:
-            service.stats.faults_served += 1
+            self.service.stats.faults_served += 1
             log.debug("Injecting %s into a %s request", rule.kind, endpoint)
             if rule.kind in UNPROCESSED_KINDS:
                 return fault_response(rule, endpoint)
@@ -208,97 +341,24 @@ def create_app(service: BananaService, admin: AdminMode = "open", admin_token: s
         if body is None:
             reply = protocol.error_reply(protocol.new_request_id(), "error: request body too large")
         elif endpoint == "start":
-            reply = await service.start(body, functools.partial(client_gone, request))
+            reply = await self.service.start(body, functools.partial(client_gone, request))
         else:
-            reply = await service.check(body, functools.partial(client_gone, request))
+            reply = await self.service.check(body, functools.partial(client_gone, request))
         if rule is not None and rule.kind == "drop_next":
             return DroppedResponse(protocol.encode(reply), media_type=_JSON)
         return json_response(reply)
 
-    async def start(request: Request) -> Response:
-        return await banana_endpoint(request, "start")
 
-    async def check(request: Request) -> Response:
-        return await banana_endpoint(request, "check")
+def create_app(service: BananaService, admin: AdminMode = "open", admin_token: str | None = None) -> Starlette:
+    """Build the ASGI app around a service (see :class:`BananaApp` for the arguments).
 
-    async def healthcheck(request: Request) -> Response:
-        return json_response({"state": "healthy"})
-
-    async def admin_stats(request: Request) -> Response:
-        return json_response(service.stats.to_json(calls_kept=len(service.calls)))
-
-    async def admin_reset(request: Request) -> Response:
-        body = await _admin_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("forget_calls", False), bool):
-            return _admin_error('expected {"forget_calls": bool}')
-        await service.reset(forget_calls=body.get("forget_calls", False))
-        faults.clear()
-        return json_response({"reset": True, "forgot_calls": body.get("forget_calls", False)})
-
-    async def admin_forget(request: Request) -> Response:
-        return json_response({"forgotten": await service.forget()})
-
-    async def admin_faults(request: Request) -> Response:
-        if request.method == "POST":
-            body = await _admin_body(request)
-            if not isinstance(body, dict):
-                return _admin_error("expected a JSON object of fault switches")
-            spec = dict(body)
-            quirk = spec.pop("quirk_empty_message", None)
-            if quirk is not None and not isinstance(quirk, bool):
-                return _admin_error("quirk_empty_message must be a boolean")
-            try:
-                faults.update(spec)
-            except FaultSpecError as e:
-                return _admin_error(str(e))
-            if quirk is not None:
-                service.settings.quirk_empty_message = quirk
-            log.info("Fault switches now %s", faults.to_json())
-        return json_response({"faults": faults.to_json(), "quirk_empty_message": service.settings.quirk_empty_message})
-
-    async def admin_settings(request: Request) -> Response:
-        if request.method == "POST":
-            body = await _admin_body(request)
-            if not isinstance(body, dict):
-                return _admin_error("expected a JSON object of settings")
-            try:
-                service.settings.update(body)
-            except ValueError as e:
-                return _admin_error(str(e))
-            log.info("Settings now %s", service.settings.to_json())
-        return json_response(service.settings.to_json())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.open()
-        try:
-            yield
-        finally:
-            await service.close()
-
-    routes: list[BaseRoute] = [
-        *(Route(path, start, methods=["POST"]) for path in ("/start/v4/", "/start/v4")),
-        *(Route(path, check, methods=["POST"]) for path in ("/check/v4/", "/check/v4")),
-        Route("/healthcheck", healthcheck, methods=["GET"]),
-    ]
-    if admin != "off":
-        admin_router = Router(
-            routes=[
-                Route("/stats", admin_stats, methods=["GET"]),
-                Route("/reset", admin_reset, methods=["POST"]),
-                Route("/forget", admin_forget, methods=["POST"]),
-                Route("/faults", admin_faults, methods=["GET", "POST"]),
-                Route("/settings", admin_settings, methods=["GET", "POST"]),
-            ],
-            redirect_slashes=False,
-        )
-        # Mounted, so that the guard sees every /_admin/ request, unknown paths and methods included.
-        admin_app: ASGIApp = admin_router if admin_token is None else AdminTokenGuard(admin_router, admin_token)
-        routes.append(Mount("/_admin", app=admin_app))
-    app = Starlette(routes=routes, lifespan=lifespan)
-    # Both spellings of each path are routed; anything else is a plain 404, never a redirect.
-    app.router.redirect_slashes = False
-    return app
+    :param service: the server's state and behaviour.
+    :param admin: how the ``/_admin/`` routes are exposed: ``open``, ``token`` or ``off``.
+    :param admin_token: the token ``admin="token"`` requires; only with that mode.
+    :return: the Starlette application.
+    :raises ValueError: when ``admin`` is unknown or does not match ``admin_token``.
+    """
+    return BananaApp(service, admin=admin, admin_token=admin_token).build()
 
 
 async def _admin_body(request: Request) -> Any:
