@@ -2,7 +2,7 @@
 
 Usage (``bash scripts/bench.sh`` sets up the environment and runs this)::
 
-    python -m benchmarks [--full] [--only capacity,hook,import,server,stall,batch] [--json results.json]
+    python -m benchmarks [--full] [--only capacity,hook,import,server,stall,batch,large] [--json results.json]
 
 Parts, in order:
 
@@ -17,7 +17,10 @@ Parts, in order:
    beside :data:`benchmarks.loop_stall.BASELINE` (about 2 minutes);
 6. ``batch``: :mod:`benchmarks.batch_vs_mapping`, one batch task against dynamic task mapping on
    real Airflow components (N = 1,000 and 10,000; about 35 minutes, so only with ``--full`` or
-   ``--only batch``).
+   ``--only batch``);
+7. ``large``: :mod:`benchmarks.large_outputs`, outputs of 1, 5, 20 and 50 MB through a deferrable
+   task against a blocking one on real Airflow components (minutes per size, so, like ``batch``,
+   only with ``--full`` or ``--only large``).
 
 Parts run one at a time, so that none measures the machine while another loads it; the load
 average is printed before and after each, since the machine may be shared.
@@ -34,12 +37,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import batch_vs_mapping, devserver_capacity, hook_vs_sdk, import_cost, loop_stall, triggerer_capacity
-from benchmarks.common import load_average, machine, raise_fd_limit
+from benchmarks import (
+    batch_vs_mapping,
+    devserver_capacity,
+    hook_vs_sdk,
+    import_cost,
+    large_outputs,
+    loop_stall,
+    triggerer_capacity,
+)
+from benchmarks.harness import load_average, print_machine, raise_fd_limit
 
-PARTS = ("capacity", "hook", "import", "server", "stall", "batch")
-#: The parts of a run without --full or --only.
+PARTS = ("capacity", "hook", "import", "server", "stall", "batch", "large")
+#: The parts of a run without --full or --only: the real-component parts take too long.
 DEFAULT_PARTS = PARTS[:5]
+#: The output sizes of the ``large`` part, in MiB.
+LARGE_SIZES = (1, 5, 20, 50)
 
 #: (kind, N) of the default run: each baseline where it is not saturated and at 1,000, and the
 #: provider's trigger on aiohttp beside its last httpx revision (HTTPX_BASELINE) at 1,000.
@@ -68,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--full", action="store_true", help="add the N=10,000 measurements and the batch part (about 50 minutes more)"
+        "--full",
+        action="store_true",
+        help="add the N=10,000 measurements and the batch and large parts (about an hour more)",
     )
     parser.add_argument(
         "--only", default=None, help=f"comma-separated parts of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})"
@@ -88,12 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     raise_fd_limit()
     began = time.time()
-    info = machine()
-    print(
-        f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB, Linux {info['kernel']}, "
-        f"Python {info['python']}, open-file limit {info['fd_limit']}; load average {info['load_average']}",
-        flush=True,
-    )
+    info = print_machine()
     results: dict[str, Any] = {"machine": info}
     ok = True
     for part in parts:
@@ -129,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_vs_mapping.report(batches)
             ok &= all(r["state"] == "success" for r in batches if batch_vs_mapping.mapping_allowed(r))
             results[part] = batches
+        elif part == "large":
+            outputs = large_outputs.run(LARGE_SIZES)
+            large_outputs.report(outputs)
+            ok &= all(r["state"] == "success" for r in outputs)
+            results[part] = outputs
         else:
             n = 10000 if args.full else 1000
             with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:

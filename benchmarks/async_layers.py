@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_table, start_sleep_calls
+from benchmarks.harness import print_table, start_sleep_calls
 
 API_KEY = "bench-api-key"
 

@@ -7,7 +7,7 @@ For each N (``--n``) and each mode (``--modes``), on a fresh local server (``sle
 ``{"seconds": 0, "result": i, "pad": "x" * --pad-bytes}`` at ``max_in_flight=--max-in-flight``,
 ``deferrable=False``. The DAG runs for real, with ``dag.test()`` in a child process (which runs the
 task in-process: the child is the worker), on a fresh SQLite Airflow home (a copy of one ``airflow
-db migrate``, in the environment of :func:`tests.components.airflow_env`), as
+db migrate``, in the environment of :func:`benchmarks.components.airflow_env`), as
 :mod:`benchmarks.batch_latency` does.
 
 Modes:
@@ -62,13 +62,12 @@ import argparse
 import contextlib
 import json
 import secrets
-import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,10 +78,26 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.batch_latency import SET_UP_ALLOWANCE, cell, children_cpu, crossing, migrated_database
-from benchmarks.common import ROOT, load_average, machine, print_table, raise_fd_limit
-from tests.components import airflow_env, tail
-from tests.helpers import free_port
+from benchmarks.components import airflow_env, migrated_database, tail
+from benchmarks.harness import (
+    DAG_TEST_SOURCE,
+    ROOT,
+    SET_UP_ALLOWANCE,
+    cell,
+    children_cpu,
+    crossing,
+    dag_test_file,
+    free_port,
+    imported_from,
+    load_average,
+    log_result,
+    print_machine,
+    print_table,
+    raise_fd_limit,
+    read_answer,
+    sample_until_exit,
+    start_dag_test,
+)
 
 MODES = ("file", "list")
 #: Seconds between two samples.
@@ -98,7 +113,8 @@ RETURN_VALUE = "SELECT value FROM xcom WHERE task_id = 'infer' AND key = 'return
 
 #: The benchmark's DAG. Its settings come from the JSON file beside it; run as a script it runs
 #: itself with dag.test() and writes what the parent needs to the path given as its argument.
-DAG_FILE = '''
+DAG_FILE = (
+    '''
 """The batch of benchmarks/batch_files.py: N sleep calls through one batch task, files or list and XCom."""
 
 import json
@@ -136,33 +152,20 @@ with DAG(dag_id="batch_files", schedule=None, start_date=datetime(2026, 1, 1), c
         timeout=CONFIG["timeout"],
         **where,
     )
-
+'''
+    + DAG_TEST_SOURCE
+    + """
 
 if __name__ == "__main__":
-    import airflow_provider_banana
-    from airflow.utils.session import create_session
-
     parsed_kib = status_kib("VmRSS")
-    run = dag.test()
-    with create_session() as session:
-        instances = {ti.task_id: ti for ti in run.get_task_instances(session=session)}
-        infer_ti = instances.get("infer")
-        result = {
-            "state": str(run.state),
-            "task_states": {task_id: str(ti.state) for task_id, ti in instances.items()},
-            "task_seconds": (
-                (infer_ti.end_date - infer_ti.start_date).total_seconds()
-                if infer_ti is not None and infer_ti.start_date and infer_ti.end_date
-                else None
-            ),
-            "provider_file": airflow_provider_banana.__file__,
-        }
+    result = run_dag_test(dag, "infer")
     result["rss_parsed_kib"] = parsed_kib
     result["vmhwm_kib"] = status_kib("VmHWM")
     result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result["ru_maxrss_children_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     Path(sys.argv[1]).write_text(json.dumps(result))
-'''
+"""
+)
 
 
 @dataclass
@@ -235,54 +238,36 @@ class ReadOnlyDatabase:
             self._conn = None
 
 
-def sample_until_exit(
-    server: DevServer, child: subprocess.Popen[bytes], database: ReadOnlyDatabase, limit: float
-) -> tuple[list[Sample], bool]:
-    """Sample the child's RSS, the server and ``task_state_store`` every :data:`SAMPLE_INTERVAL` until the child exits.
+def sampler(server: DevServer, child: subprocess.Popen[bytes], database: ReadOnlyDatabase) -> Callable[[], Sample]:
+    """Return what reads the child's RSS, the server and ``task_state_store``, for :func:`sample_until_exit`.
 
     :param server: the devserver.
     :param child: the ``dag.test()`` process.
     :param database: the child's metadata database.
-    :param limit: seconds after which the child is killed.
-    :return: the samples, and whether the child was killed.
     """
     process = psutil.Process(child.pid)
-    deadline = time.monotonic() + limit
-    samples: list[Sample] = []
-    next_at = time.monotonic()
-    try:
-        while child.poll() is None:
-            if time.monotonic() > deadline:
-                child.kill()
-                child.wait()
-                return samples, True
-            rss = tree_rss(process)
-            try:
-                stats: dict[str, Any] | None = server.stats()
-            except Exception:  # a busy server: the next sample will do
-                stats = None
-            samples.append(
-                Sample(
-                    at=time.time(),
-                    rss=rss,
-                    starts_taken=None if stats is None else stats["starts_taken"],
-                    ended=None if stats is None else stats["finished"] + stats["failed"],
-                    task_state_bytes=database.scalar(TASK_STATE_BYTES),
-                )
-            )
-            next_at += SAMPLE_INTERVAL
-            time.sleep(max(0.0, next_at - time.monotonic()))
-    finally:
-        if child.poll() is None:  # interrupted: leave no child behind
-            child.kill()
-            child.wait()
-    return samples, False
+
+    def take() -> Sample:
+        rss = tree_rss(process)
+        try:
+            stats: dict[str, Any] | None = server.stats()
+        except Exception:  # a busy server: the next sample will do
+            stats = None
+        return Sample(
+            at=time.time(),
+            rss=rss,
+            starts_taken=None if stats is None else stats["starts_taken"],
+            ended=None if stats is None else stats["finished"] + stats["failed"],
+            task_state_bytes=database.scalar(TASK_STATE_BYTES),
+        )
+
+    return take
 
 
 def analyse(samples: Sequence[Sample], n: int) -> dict[str, Any]:
     """Return the memory and ``task_state_store`` figures, and the calls' wall time, from the samples.
 
-    :param samples: what :func:`sample_until_exit` read.
+    :param samples: what :func:`sampler` read.
     :param n: inputs of the batch.
     """
     rss = [s.rss for s in samples if s.rss is not None]
@@ -384,15 +369,9 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
     """
     timeout = 60 + n * SECONDS_PER_INPUT
     limit = timeout + SET_UP_ALLOWANCE
-    home = tmp / "airflow-home"
-    (home / "dags").mkdir(parents=True)
-    db_file = home / "airflow.db"
-    shutil.copy(database, db_file)
     inputs = tmp / "in.jsonl"
     output = tmp / "out.jsonl"
     write_inputs(inputs, n, pad_bytes)
-    dag_file = home / "dags" / "batch_files.py"
-    dag_file.write_text(DAG_FILE)
     config = {
         "mode": mode,
         "input": str(inputs),
@@ -400,7 +379,9 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
         "max_in_flight": max_in_flight,
         "timeout": timeout,
     }
-    dag_file.with_suffix(".json").write_text(json.dumps(config))
+    dag_file = dag_test_file(tmp, database, "batch_files", DAG_FILE, config)
+    home = dag_file.parents[1]
+    db_file = home / "airflow.db"
     api_key = "bench-" + secrets.token_hex(8)
     result: dict[str, Any] = {"mode": mode, "n": n, "max_in_flight": max_in_flight, "pad_bytes": pad_bytes}
     result["input_bytes"] = inputs.stat().st_size
@@ -416,17 +397,9 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
         result["load_before"] = load_average()
         children_before = children_cpu()
         started = time.monotonic()
-        with open(log, "wb") as out:
-            child = subprocess.Popen(
-                [sys.executable, str(dag_file), str(answer)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=home,
-            )
+        child = start_dag_test(dag_file, answer, log, env)
         try:
-            samples, killed = sample_until_exit(server, child, reader, limit)
+            samples, killed = sample_until_exit(child, sampler(server, child, reader), SAMPLE_INTERVAL, limit)
         finally:
             reader.close()
         result["child_seconds"] = time.monotonic() - started
@@ -438,7 +411,7 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
     result["starts_taken"] = stats["starts_taken"]
     result["failed_calls"] = stats["failed"]
     result["peak_running"] = stats["running_max"]
-    answered = json.loads(answer.read_text()) if answer.exists() else {}
+    answered = read_answer(answer)
     result.update(answered)
     if answered.get("task_seconds"):
         result["calls_per_second"] = n / answered["task_seconds"]
@@ -457,7 +430,7 @@ def measure(mode: str, n: int, *, max_in_flight: int, pad_bytes: int, database: 
         if answered.get("state") != "success":
             problems.append(f"run {answered.get('state')}, tasks {answered.get('task_states')}")
         imported = answered.get("provider_file")
-        if imported is None or ROOT.resolve() not in Path(imported).resolve().parents:
+        if not imported_from(ROOT, imported):
             problems.append(f"imported the provider from {imported}, not {ROOT}")
         returned = read_return_value(db_file)
         problems += verify_file(output, n, returned) if mode == "file" else verify_list(returned, n)
@@ -592,8 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown modes {unknown}: use {', '.join(MODES)}")
     sizes = [int(n) for n in args.n.split(",") if n]
     raise_fd_limit()
-    info = machine()
-    print(f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB; load {info['load_average']}")
+    info = print_machine()
     results = []
     with tempfile.TemporaryDirectory(prefix="banana-bench-files-") as scratch:
         tmp = Path(scratch)
@@ -609,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     database=database,
                     tmp=Path(tempfile.mkdtemp(prefix="run-", dir=tmp)),
                 )
-                print(json.dumps({k: v for k, v in result.items() if k != "log_tail"}), file=sys.stderr)
+                log_result(result)
                 results.append(result)
     report(results)
     print(f"Load average at the end: {load_average()}")

@@ -3,13 +3,13 @@ The batch operator at real network latency: how many calls it keeps running when
 
 For each kind and each round trip (``--rtt-ms``), on a fresh local server whose ``sleep`` model
 takes ``--call-seconds`` per call (Banana's holds: a Start held 60 s, a Check 50 s; enough
-replicas that no call queues), behind a :class:`tests.latency_proxy.LatencyProxy` that delays
+replicas that no call queues), behind a :class:`benchmarks.latency_proxy.LatencyProxy` that delays
 every byte by half the round trip each way (a new connection costs one more round trip, as TCP's
 handshake does): one :class:`~airflow_provider_banana.operators.banana.BananaBatchInferenceOperator`
 task runs ``--n`` inputs at ``max_in_flight=--max-in-flight``, ``deferrable=False``, then a
 ``verify`` task fails unless there is one output per input, in input order. The DAG runs for
 real, with ``dag.test()`` in a child process, on a fresh SQLite Airflow home (a copy of one
-``airflow db migrate``, in the environment of :func:`tests.components.airflow_env`). This process
+``airflow db migrate``, in the environment of :func:`benchmarks.components.airflow_env`). This process
 samples the server's ``/_admin/stats`` every 0.1 s meanwhile.
 
 Kinds: ``banana`` is the operator of this checkout; ``banana@REF`` is the operator as it was at git
@@ -50,15 +50,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +67,29 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.common import ROOT, cpu_seconds, load_average, machine, print_table, raise_fd_limit
-from benchmarks.triggerer_capacity import provider_at
-from tests.components import airflow_env, tail
-from tests.helpers import free_port
-from tests.latency_proxy import LatencyProxy
+from benchmarks.components import airflow_env, migrated_database, tail
+from benchmarks.harness import (
+    DAG_TEST_SOURCE,
+    ROOT,
+    SET_UP_ALLOWANCE,
+    cell,
+    children_cpu,
+    cpu_seconds,
+    crossing,
+    dag_test_file,
+    free_port,
+    imported_from,
+    load_average,
+    log_result,
+    print_machine,
+    print_table,
+    provider_at,
+    raise_fd_limit,
+    read_answer,
+    sample_until_exit,
+    start_dag_test,
+)
+from benchmarks.latency_proxy import LatencyProxy
 
 #: Kinds, in table order: this checkout's operator, and the one it replaces.
 KINDS = ("banana", "banana@840b878")
@@ -83,12 +99,11 @@ SAMPLE_INTERVAL = 0.1
 GOAL_RUNNING_SHARE = 0.75
 #: ... and a wall time within this many times the limit.
 GOAL_WALL_RATIO = 1.5
-#: Seconds the child may take beyond the batch itself: Airflow's start-up, the DAG parse, the writes.
-SET_UP_ALLOWANCE = 180.0
 
 #: The benchmark's DAG. Its settings come from the JSON file beside it; run as a script it runs
 #: itself with dag.test() and writes what the parent needs to the path given as its argument.
-DAG_FILE = '''
+DAG_FILE = (
+    '''
 """The batch of benchmarks/batch_latency.py: N sleep calls through one batch task, then a check of the outputs."""
 
 import json
@@ -122,28 +137,14 @@ with DAG(dag_id="batch_latency", schedule=None, start_date=datetime(2026, 1, 1),
         timeout=CONFIG["timeout"],
     )
     verify(infer.output)
-
+'''
+    + DAG_TEST_SOURCE
+    + """
 
 if __name__ == "__main__":
-    import airflow_provider_banana
-    from airflow.utils.session import create_session
-
-    run = dag.test()
-    with create_session() as session:
-        instances = {ti.task_id: ti for ti in run.get_task_instances(session=session)}
-        infer_ti = instances.get("infer")
-        result = {
-            "state": str(run.state),
-            "task_states": {task_id: str(ti.state) for task_id, ti in instances.items()},
-            "task_seconds": (
-                (infer_ti.end_date - infer_ti.start_date).total_seconds()
-                if infer_ti is not None and infer_ti.start_date and infer_ti.end_date
-                else None
-            ),
-            "provider_file": airflow_provider_banana.__file__,
-        }
-    Path(sys.argv[1]).write_text(json.dumps(result))
-'''
+    Path(sys.argv[1]).write_text(json.dumps(run_dag_test(dag, "infer")))
+"""
+)
 
 
 @dataclass
@@ -178,61 +179,38 @@ def _client_cpu(process: psutil.Process) -> float | None:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def children_cpu() -> float:
-    """Return the user + system CPU seconds of this process's waited-for children so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def sample_until_exit(server: DevServer, child: subprocess.Popen[bytes], limit: float) -> tuple[list[Sample], bool]:
-    """Read the server's stats and the CPU of both processes every :data:`SAMPLE_INTERVAL` until the child exits.
+def stats_reader(server: DevServer, child: subprocess.Popen[bytes]) -> Callable[[], Sample | None]:
+    """Return what reads the server's stats and the CPU of both processes, for :func:`sample_until_exit`.
 
     :param server: the devserver.
     :param child: the ``dag.test()`` process.
-    :param limit: seconds after which the child is killed.
-    :return: the samples, and whether the child was killed.
     """
     process = psutil.Process(child.pid)
-    deadline = time.monotonic() + limit
-    samples: list[Sample] = []
     client_cpu = 0.0
-    next_at = time.monotonic()
-    while child.poll() is None:
-        if time.monotonic() > deadline:
-            child.kill()
-            child.wait()
-            return samples, True
-        with contextlib.suppress(Exception):  # a busy server: the next sample will do
+
+    def take() -> Sample | None:
+        nonlocal client_cpu
+        try:
             stats = server.stats()
             client_cpu = _client_cpu(process) or client_cpu
-            samples.append(
-                Sample(
-                    at=time.time(),
-                    running=stats["running"],
-                    starts_taken=stats["starts_taken"],
-                    ended=stats["finished"] + stats["failed"],
-                    client_cpu=client_cpu,
-                    server_cpu=cpu_seconds(server.pid),
-                )
+            return Sample(
+                at=time.time(),
+                running=stats["running"],
+                starts_taken=stats["starts_taken"],
+                ended=stats["finished"] + stats["failed"],
+                client_cpu=client_cpu,
+                server_cpu=cpu_seconds(server.pid),
             )
-        next_at += SAMPLE_INTERVAL
-        time.sleep(max(0.0, next_at - time.monotonic()))
-    return samples, False
+        except Exception:  # a busy server: the next sample will do
+            return None
 
-
-def crossing(samples: Sequence[Sample], reached: Any) -> tuple[int, float] | None:
-    """Return the index of the first sample for which ``reached`` holds, and the instant midway since the one before."""
-    for index, sample in enumerate(samples):
-        if reached(sample):
-            before = samples[index - 1].at if index else sample.at
-            return index, (before + sample.at) / 2
-    return None
+    return take
 
 
 def analyse(samples: Sequence[Sample], n: int, rtt: float, call_seconds: float, max_in_flight: int) -> dict[str, Any]:
     """Return the wall time, the running figures and the CPU over the batch from the samples.
 
-    :param samples: what :func:`sample_until_exit` read.
+    :param samples: what :func:`stats_reader` read.
     :param n: inputs of the batch.
     :param rtt: the round trip in seconds.
     :param call_seconds: seconds each call runs.
@@ -265,32 +243,6 @@ def analyse(samples: Sequence[Sample], n: int, rtt: float, call_seconds: float, 
     }
 
 
-def migrated_database(tmp: Path) -> Path:
-    """Make one migrated SQLite metadata database, for every measurement to copy.
-
-    :param tmp: a scratch directory.
-    :return: the database file.
-    """
-    home = tmp / "template-home"
-    (home / "dags").mkdir(parents=True)
-    env = airflow_env(home, free_port(), "{}")
-    log = tmp / "db-migrate.log"
-    with open(log, "wb") as out:
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=home,
-            timeout=600,
-            check=False,
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{tail(log)}")
-    return home / "airflow.db"
-
-
 def measure(
     kind: str,
     provider_dir: Path,
@@ -314,13 +266,8 @@ def measure(
     :param tmp: a scratch directory of this measurement.
     """
     timeout = SET_UP_ALLOWANCE + n * (call_seconds + rtt)  # even one call at a time would end within it
-    home = tmp / "airflow-home"
-    (home / "dags").mkdir(parents=True)
-    shutil.copy(database, home / "airflow.db")
-    dag_file = home / "dags" / "batch_latency.py"
-    dag_file.write_text(DAG_FILE)
     config = {"n": n, "call_seconds": call_seconds, "max_in_flight": max_in_flight, "timeout": timeout}
-    dag_file.with_suffix(".json").write_text(json.dumps(config))
+    dag_file = dag_test_file(tmp, database, "batch_latency", DAG_FILE, config)
     api_key = "bench-" + secrets.token_hex(8)
     result: dict[str, Any] = {"kind": kind, "rtt_ms": round(rtt * 1000), "n": n, "max_in_flight": max_in_flight}
     result["call_seconds"] = call_seconds
@@ -331,23 +278,15 @@ def measure(
         LatencyProxy(server.port, rtt=rtt) as proxy,
     ):
         conn = {"conn_type": "banana", "host": proxy.url, "password": api_key, "extra": {"model_key": "sleep"}}
-        env = airflow_env(home, free_port(), json.dumps(conn), PYTHONPATH=str(provider_dir))
+        env = airflow_env(dag_file.parents[1], free_port(), json.dumps(conn), PYTHONPATH=str(provider_dir))
         answer = tmp / "answer.json"
         log = tmp / "dag-test.log"
         server.reset(forget_calls=True)
         result["load_before"] = load_average()
         children_before = children_cpu()
-        with open(log, "wb") as out:
-            # cwd is the home, not the checkout: nothing puts today's provider ahead of provider_dir.
-            child = subprocess.Popen(
-                [sys.executable, str(dag_file), str(answer)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=home,
-            )
-        samples, killed = sample_until_exit(server, child, timeout + SET_UP_ALLOWANCE)
+        child = start_dag_test(dag_file, answer, log, env)
+        take = stats_reader(server, child)
+        samples, killed = sample_until_exit(child, take, SAMPLE_INTERVAL, timeout + SET_UP_ALLOWANCE)
         result["client_cpu_process"] = children_cpu() - children_before
         stats = server.stats()
         result["load_after"] = load_average()
@@ -356,14 +295,14 @@ def measure(
     result["start_requests"] = stats["start_requests"]
     result["check_requests"] = stats["check_requests"]
     result["failed_calls"] = stats["failed"]
-    answered = json.loads(answer.read_text()) if answer.exists() else {}
+    answered = read_answer(answer)
     result.update(answered)
     imported = answered.get("provider_file")
     if killed:
         result["state"] = f"killed after {timeout + SET_UP_ALLOWANCE:.0f} s"
     elif not answered:
         result["state"] = f"no answer (exit status {child.returncode})"
-    elif imported is None or provider_dir.resolve() not in Path(imported).resolve().parents:
+    elif not imported_from(provider_dir, imported):
         result["state"] = f"imported the provider from {imported}, not {provider_dir}"
     if result.get("state") != "success":
         result["log_tail"] = tail(log, 40)
@@ -382,11 +321,6 @@ def meets_goal(r: dict[str, Any]) -> bool:
         and r["median_running"] >= GOAL_RUNNING_SHARE * r["max_in_flight"]
         and r["wall"] <= GOAL_WALL_RATIO * r["limit"]
     )
-
-
-def cell(value: float | None, spec: str) -> str:
-    """Return ``value`` formatted with ``spec``, or ``-`` for a missing one."""
-    return "-" if value is None else format(value, spec)
 
 
 def report(results: Sequence[dict[str, Any]]) -> None:
@@ -460,8 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     rtts = [int(ms) / 1000 for ms in args.rtt_ms.split(",") if ms]
     raise_fd_limit()
-    info = machine()
-    print(f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB; load {info['load_average']}")
+    info = print_machine()
     results = []
     with tempfile.TemporaryDirectory(prefix="banana-bench-latency-") as scratch:
         tmp = Path(scratch)
@@ -483,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     database=database,
                     tmp=Path(tempfile.mkdtemp(prefix="run-", dir=tmp)),
                 )
-                print(json.dumps({k: v for k, v in result.items() if k != "log_tail"}), file=sys.stderr)
+                log_result(result)
                 results.append(result)
     report(results)
     print(f"Load average at the end: {load_average()}")

@@ -2,7 +2,7 @@
 One batch task against dynamic task mapping over the same inputs, on real Airflow components.
 
 The same N inputs run through Airflow's real api-server, scheduler (LocalExecutor),
-dag-processor and triggerer on a fresh SQLite home (:mod:`tests.components`), against the local
+dag-processor and triggerer on a fresh SQLite home (:mod:`benchmarks.components`), against the local
 Banana server with Banana's own holds (a Start held 60 s, a Check 50 s). Each input is one call of
 the ``sleep`` model lasting 0.5 to 1.5 s (1 s on average), whose output echoes the input's index.
 Every DAG is ``make_inputs >> infer >> verify``, and ``verify`` fails unless there is one output
@@ -52,13 +52,9 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +64,20 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.common import fmt_ratio, load_average, machine, print_table, proc_status_kib, raise_fd_limit
-from tests.components import AirflowComponents, airflow_env, log_records, started
-from tests.helpers import free_port
+from benchmarks.components import AirflowComponents, ProcessSampler, log_records, started_with_server
+from benchmarks.harness import (
+    fmt_ratio,
+    iso_seconds,
+    load_average,
+    log_result,
+    print_machine,
+    print_table,
+    raise_fd_limit,
+)
 
 SCENARIOS = ("batch", "batch-via-triggerer", "batch-in-worker", "mapped")
 #: Airflow's default ``[core] max_map_length``: mapping over more inputs fails.
 MAX_MAP_LENGTH = 1024
-#: Seconds between two samples of the processes' memory and CPU.
-SAMPLE_INTERVAL = 0.25
 #: Seconds a scenario may run before the benchmark gives up on it.
 RUN_TIMEOUT = 3600.0
 
@@ -148,81 +149,6 @@ def dag_id(scenario: str, n: int) -> str:
     return f"bench_{scenario.replace('-', '_')}_{n}"
 
 
-@dataclass
-class ProcessSampler:
-    """Sample the PSS and CPU time of the components' process trees in a thread.
-
-    :param stack: the running components.
-    """
-
-    stack: AirflowComponents
-    interval: float = SAMPLE_INTERVAL
-    #: Per group (``worker``: the scheduler's tree; ``triggerer``), the highest PSS sum in KiB.
-    peak_pss: dict[str, int] = field(default_factory=dict)
-    #: The highest peak RSS (``VmHWM``) of any one task process, in KiB.
-    largest_task_kib: int = 0
-    #: Per process, the last CPU seconds seen (its own, not its reaped children's).
-    cpu: dict[tuple[int, float], float] = field(default_factory=dict)
-    #: Per process, its CPU seconds when the run began (absent: it began later).
-    baseline: dict[tuple[int, float], float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def sample(self) -> dict[str, int]:
-        """Take one sample; return each group's PSS sum in KiB."""
-        sums: dict[str, int] = {}
-        for name, process in self.stack.processes.items():
-            group = {"scheduler": "worker", "triggerer": "triggerer"}.get(name, "other")
-            with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(process.pid)
-                for member in [root, *root.children(recursive=True)]:
-                    # The process ended meanwhile (a zombie's status has no VmHWM: KeyError).
-                    with contextlib.suppress(psutil.Error, OSError, KeyError):
-                        sums[group] = sums.get(group, 0) + _pss_kib(member.pid)
-                        times = member.cpu_times()
-                        self.cpu[(member.pid, member.create_time())] = times.user + times.system
-                        # A task process's title is "airflow worker -- <ti id>"; its supervisor's,
-                        # a LocalExecutor worker, has "LocalExecutor: " before the id.
-                        title = " ".join(member.cmdline())
-                        if "airflow worker -- " in title and "LocalExecutor" not in title:
-                            self.largest_task_kib = max(self.largest_task_kib, proc_status_kib(member.pid, "VmHWM"))
-        return sums
-
-    def cpu_seconds(self) -> float:
-        """Return the CPU seconds every process seen used since the baseline."""
-        return sum(seconds - self.baseline.get(key, 0.0) for key, seconds in self.cpu.items())
-
-    def __enter__(self) -> ProcessSampler:
-        self._thread = threading.Thread(target=self._run, name="process-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._record(self.sample())
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._record(self.sample())
-
-    def _record(self, sums: dict[str, int]) -> None:
-        for group, kib in sums.items():
-            self.peak_pss[group] = max(self.peak_pss.get(group, 0), kib)
-
-
-def _pss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _time(value: str | None) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else 0.0
-
-
 def _all(stack: AirflowComponents, path: str, key: str, **query: Any) -> tuple[int, list[dict[str, Any]]]:
     """Return the total and every entry of a paginated REST list (100 per page, the API's cap)."""
     entries: list[dict[str, Any]] = []
@@ -276,14 +202,14 @@ def measure(stack: AirflowComponents, server: DevServer, scenario: str, n: int) 
             refusal = "too large to map"
             if refusal in text:
                 failure = f"make_inputs failed: its XCom push was refused, pushed value is {refusal} (max_map_length)"
-    starts = [_time(ti["start_date"]) for ti in infer if ti["start_date"]]
-    ends = [_time(ti["end_date"]) for ti in infer if ti["end_date"]]
+    starts = [iso_seconds(ti["start_date"]) for ti in infer if ti["start_date"]]
+    ends = [iso_seconds(ti["end_date"]) for ti in infer if ti["end_date"]]
     return {
         "scenario": scenario,
         "n": n,
         "state": state,
         "failure": failure,
-        "wall": _time(run["end_date"]) - _time(run["start_date"]) if run["end_date"] else took,
+        "wall": iso_seconds(run["end_date"]) - iso_seconds(run["start_date"]) if run["end_date"] else took,
         "infer": (max(ends) - min(starts)) if starts and ends else None,
         "task_instances": instances_total,
         "infer_instances": len(infer),
@@ -349,33 +275,18 @@ def components(
     :param max_in_flight: the batch operators' ``max_in_flight``.
     :param parallelism: ``[core] parallelism``: LocalExecutor's worker processes.
     """
-    api_key = "bench-" + str(time.time_ns())
-    # Enough replicas that no call waits in the server's queue, whatever runs at once: the
-    # server starts workers on demand.
-    with (
-        DevServer(
-            start_hold=60, check_hold=50, replicas=max(sizes) + 64, api_key=api_key, log_level="warning"
-        ) as server,
-        tempfile.TemporaryDirectory(prefix="banana-bench-airflow-") as tmp,
-    ):
-        home = Path(tmp) / "airflow-home"
-        (home / "dags").mkdir(parents=True)
-        (home / "dags" / "bench_batch_vs_mapping.py").write_text(
-            DAG_FILE.format(scenarios=tuple(scenarios), sizes=tuple(sizes), max_in_flight=max_in_flight)
-        )
-        conn = json.dumps({"conn_type": "banana", "host": server.url, "password": api_key})
-        api_port = free_port()
-        env = airflow_env(
-            home,
-            api_port,
-            conn,
-            AIRFLOW__CORE__PARALLELISM=str(parallelism),
-            # Airflow's default, set here so that the table names what ran.
-            AIRFLOW__CORE__MAX_MAP_LENGTH=str(MAX_MAP_LENGTH),
-        )
-        dag_ids = [dag_id(scenario, n) for scenario in scenarios for n in sizes]
-        with started(home, env, f"http://127.0.0.1:{api_port}/", dag_ids) as stack:
-            yield stack, server
+    with started_with_server(
+        "bench_batch_vs_mapping.py",
+        DAG_FILE.format(scenarios=tuple(scenarios), sizes=tuple(sizes), max_in_flight=max_in_flight),
+        [dag_id(scenario, n) for scenario in scenarios for n in sizes],
+        # Enough that no call waits in the server's queue, whatever runs at once.
+        replicas=max(sizes) + 64,
+        prefix="banana-bench-airflow-",
+        AIRFLOW__CORE__PARALLELISM=str(parallelism),
+        # Airflow's default, set here so that the table names what ran.
+        AIRFLOW__CORE__MAX_MAP_LENGTH=str(MAX_MAP_LENGTH),
+    ) as (stack, server):
+        yield stack, server
 
 
 def run(
@@ -395,7 +306,7 @@ def run(
                 print(f"running {scenario} with N={n:,} ...", file=sys.stderr, flush=True)
                 result = measure(stack, server, scenario, n)
                 result.update(max_in_flight=max_in_flight, parallelism=parallelism)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+                log_result(result)
                 results.append(result)
     return results
 
@@ -481,8 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     raise_fd_limit()
-    info = machine()
-    print(f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB; load {info['load_average']}")
+    print_machine()
     results = run(args.n, scenarios, args.max_in_flight, args.parallelism)
     report(results)
     if args.json:

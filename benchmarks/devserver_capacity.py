@@ -51,7 +51,7 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.common import RawPoster, cpu_seconds, percentile, print_table, proc_status_kib, raise_fd_limit
+from benchmarks.harness import RawPoster, cpu_seconds, percentile, print_table, proc_status_kib, raise_fd_limit
 
 
 def ms(seconds: float) -> str:

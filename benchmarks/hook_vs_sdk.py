@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, cpu_seconds, fmt_ratio, fmt_seconds, print_table, summarize
+from benchmarks.harness import ROOT, child_env, cpu_seconds, fmt_ratio, fmt_seconds, print_table, run_logged, summarize
 
 #: The server's Start and Check holds in this benchmark, on both sides.
 HOLD = 5.0
@@ -172,14 +170,7 @@ def measure(clients: Sequence[str], quick: int, long: int) -> list[dict[str, Any
     ):
         extra = {"start_hold": HOLD, "check_hold": HOLD}
         conn = {"conn_type": "banana", "host": srv.url, "password": "bench-api-key", "extra": extra}
-        env = {
-            **os.environ,
-            "AIRFLOW_CONN_BANANA_DEFAULT": json.dumps(conn),
-            "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "BANANA_URL": srv.url,
-            "PYTHONPATH": str(ROOT),
-        }
+        env = child_env(Path(tmp) / "airflow-home", [str(ROOT)], conn, BANANA_URL=srv.url)
         for workload, count in (("quick", quick), ("long", long)):
             for client in clients:
                 if workload == "long" and client == "hook-new-conn":
@@ -187,21 +178,18 @@ def measure(clients: Sequence[str], quick: int, long: int) -> list[dict[str, Any
                 print(f"measuring {client} on {count} {workload} calls ...", file=sys.stderr, flush=True)
                 out = Path(tmp) / f"{client}-{workload}.json"
                 log = Path(tmp) / f"{client}-{workload}.log"
-                with open(log, "wb") as log_file:
-                    child = subprocess.run(
-                        [
-                            *(sys.executable, "-m", "benchmarks.hook_vs_sdk", "--worker", client),
-                            *("--workload", workload, "--count", str(count), "--url", srv.url),
-                            *("--server-pid", str(srv.pid), "--out", str(out)),
-                        ],
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        cwd=ROOT,
-                        timeout=600,
-                        check=False,
-                    )
-                if child.returncode != 0 or not out.exists():
+                status = run_logged(
+                    [
+                        *(sys.executable, "-m", "benchmarks.hook_vs_sdk", "--worker", client),
+                        *("--workload", workload, "--count", str(count), "--url", srv.url),
+                        *("--server-pid", str(srv.pid), "--out", str(out)),
+                    ],
+                    log,
+                    env=env,
+                    cwd=ROOT,
+                    timeout=600,
+                )
+                if status != 0 or not out.exists():
                     raise RuntimeError(f"{client} on {workload} failed:\n{log.read_text()[-3000:]}")
                 results.append(json.loads(out.read_text()))
     return results

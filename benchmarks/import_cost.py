@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, print_table
+from benchmarks.harness import ROOT, child_env, print_table
 
 OPERATOR = "airflow_provider_banana.operators.banana"
 #: (label, modules imported first, module timed).
@@ -62,19 +61,14 @@ def time_import(module: str, before: Sequence[str], repeat: int, env: dict[str, 
     :param repeat: interpreters to start.
     :param env: their environment.
     """
-    samples = []
-    for _ in range(repeat):
-        result = subprocess.run(
-            [sys.executable, "-c", _PROBE, module, *before],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=True,
-        )
-        samples.append(float(result.stdout.strip().splitlines()[-1]))
-    return samples
+    return [float(_python(["-c", _PROBE, module, *before], env).stdout.strip().splitlines()[-1]) for _ in range(repeat)]
+
+
+def _python(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a fresh interpreter in the checkout and return what it printed; raise if it fails."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=True
+    )
 
 
 def heaviest(module: str, before: Sequence[str], env: dict[str, str], top: int = 6) -> list[tuple[str, float]]:
@@ -89,15 +83,7 @@ def heaviest(module: str, before: Sequence[str], env: dict[str, str], top: int =
     """
     code = "import sys\n" + "".join(f"import {name}\n" for name in before) + "sys.stderr.write('--mark--\\n')\n"
     code += f"import {module}\n"
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
+    result = _python(["-X", "importtime", "-c", code], env)
     per_package: dict[str, float] = {}
     for line in result.stderr.split("--mark--", 1)[1].splitlines():
         if not line.startswith("import time:") or line.count("|") != 2:
@@ -116,12 +102,7 @@ def measure(repeat: int) -> dict[str, Any]:
     :param repeat: interpreters per case.
     """
     with tempfile.TemporaryDirectory(prefix="banana-bench-") as tmp:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PYTHONPATH": str(ROOT),
-        }
+        env = child_env(Path(tmp) / "airflow-home", [str(ROOT)])
         cases = []
         for label, before, module in CASES:
             print(f"timing {module} ...", file=sys.stderr, flush=True)

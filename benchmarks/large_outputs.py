@@ -4,7 +4,7 @@ Large outputs (1-50 MB) through a deferrable task against a blocking one, on rea
 Issue 19, item 1: a trigger event carries outputs only up to 64 KiB; past that it carries their
 size and sha256, and the worker fetches them with one Check. Each row runs one DAG on Airflow's
 real api-server, scheduler (LocalExecutor), dag-processor and triggerer on a fresh SQLite home
-(:mod:`tests.components`), against the local Banana server with Banana's own holds (a Start held
+(:mod:`benchmarks.components`), against the local Banana server with Banana's own holds (a Start held
 60 s, a Check 50 s). Every DAG is ``infer >> digest``: ``infer`` calls the server's ``bytes`` model
 (a string of the size asked for, after ``--seconds`` of "inference"), and ``digest`` checks the
 sha256 of what ``infer`` returned against the one expected; a row whose digest differs fails.
@@ -38,23 +38,16 @@ import json
 import re
 import sqlite3
 import sys
-import tempfile
 import threading
-import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from airflow_provider_banana.devserver.testing import DevServer
-from benchmarks.batch_vs_mapping import ProcessSampler
-from benchmarks.common import fmt_ratio, load_average, machine, print_table
-from tests.components import AirflowComponents, airflow_env, started
-from tests.helpers import free_port
+from benchmarks.components import AirflowComponents, ProcessSampler, started_with_server
+from benchmarks.harness import fmt_ratio, iso_seconds, load_average, log_result, print_machine, print_table
 
 MB = 1024 * 1024
 MODES = ("deferrable", "blocking")
@@ -152,10 +145,6 @@ class NextKwargsWatch:
                     self.largest = max(self.largest, int(size or 0))
 
 
-def _time(value: str | None) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else 0.0
-
-
 def measure(stack: AirflowComponents, mode: str, mb: int) -> dict[str, Any]:
     """Run one row's DAG to its end and return its figures.
 
@@ -170,11 +159,8 @@ def measure(stack: AirflowComponents, mode: str, mb: int) -> dict[str, Any]:
     db_before = database.stat().st_size
     sampler = ProcessSampler(stack)
     idle = sampler.sample().get("triggerer", 0)
-    dag_path = f"api/v2/dags/{the_dag}"
-    stack.api("PATCH", dag_path, {"is_paused": False})
     with sampler, NextKwargsWatch(database, the_dag) as watch:
-        run_id = stack.api("POST", f"{dag_path}/dagRuns", {"logical_date": None})["dag_run_id"]
-        run_path = f"{dag_path}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        run_id, run_path = stack.trigger(the_dag)
         state = stack.wait_for_run_end(run_path, timeout=RUN_TIMEOUT)
     details = stack.api("GET", run_path)
     infer = stack.api("GET", f"{run_path}/taskInstances/infer")
@@ -188,8 +174,8 @@ def measure(stack: AirflowComponents, mode: str, mb: int) -> dict[str, Any]:
         "mb": mb,
         "state": state,
         "infer_state": infer["state"],
-        "infer_seconds": _time(infer["end_date"]) - _time(details["start_date"]),
-        "wall_seconds": _time(details["end_date"]) - _time(details["start_date"]),
+        "infer_seconds": iso_seconds(infer["end_date"]) - iso_seconds(details["start_date"]),
+        "wall_seconds": iso_seconds(details["end_date"]) - iso_seconds(details["start_date"]),
         "triggerer_peak_kib": max(0, sampler.peak_pss.get("triggerer", 0) - idle),
         "task_peak_rss_kib": sampler.largest_task_kib,
         "db_growth_bytes": database.stat().st_size - db_before,
@@ -208,23 +194,16 @@ def components(sizes: Sequence[int], seconds: float) -> Iterator[AirflowComponen
     :param sizes: the output sizes, in MiB.
     :param seconds: how long each call runs.
     """
-    api_key = "bench-" + str(time.time_ns())
-    with (
-        DevServer(start_hold=60, check_hold=50, replicas=8, api_key=api_key, log_level="warning") as server,
-        tempfile.TemporaryDirectory(prefix="banana-bench-large-") as tmp,
-    ):
-        home = Path(tmp) / "airflow-home"
-        (home / "dags").mkdir(parents=True)
-        wants = {mb: expected_sha256(mb) for mb in sizes}
-        source = DAG_FILE.format(sizes=tuple(sizes), seconds=seconds, wants=wants)
-        (home / "dags" / "bench_large_outputs.py").write_text(source)
-        # Outputs past 64 MiB (the default max_reply_bytes) would be refused: the rows stop at 50.
-        conn = json.dumps({"conn_type": "banana", "host": server.url, "password": api_key})
-        api_port = free_port()
-        env = airflow_env(home, api_port, conn)
-        dag_ids = [dag_id(mode, mb) for mb in sizes for mode in MODES]
-        with started(home, env, f"http://127.0.0.1:{api_port}/", dag_ids) as stack:
-            yield stack
+    wants = {mb: expected_sha256(mb) for mb in sizes}
+    # Outputs past 64 MiB (the default max_reply_bytes) would be refused: the rows stop at 50.
+    with started_with_server(
+        "bench_large_outputs.py",
+        DAG_FILE.format(sizes=tuple(sizes), seconds=seconds, wants=wants),
+        [dag_id(mode, mb) for mb in sizes for mode in MODES],
+        replicas=8,
+        prefix="banana-bench-large-",
+    ) as (stack, _):
+        yield stack
 
 
 def run(sizes: Sequence[int], seconds: float = 3.0) -> list[dict[str, Any]]:
@@ -243,7 +222,7 @@ def run(sizes: Sequence[int], seconds: float = 3.0) -> list[dict[str, Any]]:
             for mode in MODES:
                 print(f"running {mode} with {mb} MB ...", file=sys.stderr, flush=True)
                 result = measure(stack, mode, mb)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+                log_result(result)
                 results.append(result)
     return results
 
@@ -309,12 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds each call runs")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     args = parser.parse_args(argv)
-    info = machine()
-    print(
-        f"Machine: {info['cpus']} x {info['cpu_model']}, {info['memory_gib']} GiB, Python {info['python']}; "
-        f"load average {info['load_average']}",
-        flush=True,
-    )
+    print_machine()
     results = run(args.sizes, args.seconds)
     report(results)
     print(f"load average at the end {load_average()}", flush=True)

@@ -68,17 +68,21 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (
-    ROOT,
+from benchmarks.harness import (
+    child_env,
     cpu_seconds,
     fmt_ratio,
     fmt_seconds,
+    imported_from,
     print_table,
     proc_status_kib,
+    provider_paths,
     raise_fd_limit,
     reset_peak_rss,
+    start_answering,
     start_sleep_calls,
     summarize,
+    watchdog,
 )
 
 #: The server's long-poll hold: the devserver's default and Banana's own, on both sides.
@@ -265,19 +269,6 @@ def child_main(answer_fd: int) -> int:
 # The parent: a server, the calls, and a child per measurement.
 
 
-def provider_at(ref: str, into: Path) -> Path:
-    """Extract the provider's package as it was at git revision ``ref``; return the directory to import it from.
-
-    :param ref: a git revision of this repository.
-    :param into: an empty directory.
-    """
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", ref, "airflow_provider_banana"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def wave_band_seconds(n: int) -> float:
     """Return the width of the band of finishes placed on the first re-poll wave (``--wave``).
 
@@ -354,88 +345,72 @@ def measure(
         warm_up_call = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, [time.time()]))[0]
         conn = {"conn_type": "banana", "host": srv.url, "password": "bench-api-key", "extra": {"model_key": "sleep"}}
         # banana@REF: the provider as it was at REF comes first on the child's path.
-        paths = [str(provider_at(kind.split("@", 1)[1], Path(tmp))), str(ROOT)] if "@" in kind else [str(ROOT)]
-        env = {
-            **os.environ,
-            "AIRFLOW_CONN_BANANA_DEFAULT": json.dumps(conn),
-            "AIRFLOW_HOME": str(Path(tmp) / "airflow-home"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "PYTHONPATH": os.pathsep.join(paths),
-        }
+        paths = provider_paths(kind, Path(tmp))
         log_path = Path(tmp) / "child.log"
-        # Airflow's logging writes to stdout, so the child answers on a pipe of its own.
-        answer_read, answer_write = os.pipe()
-        with open(log_path, "wb") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.triggerer_capacity", "--child", "--answer-fd", str(answer_write)],
-                stdin=subprocess.PIPE,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                # Not the checkout: `python -m` puts the working directory first on sys.path, ahead
-                # of PYTHONPATH, and banana@REF would then import today's code.
-                cwd=tmp,
-                pass_fds=(answer_write,),
-            )
-        os.close(answer_write)
-        answers = os.fdopen(answer_read, "rb")
+        child, answers = start_answering(
+            "benchmarks.triggerer_capacity",
+            [],
+            log_path,
+            env=child_env(Path(tmp) / "airflow-home", paths, conn),
+            cwd=tmp,
+            stdin=subprocess.PIPE,
+        )
         # Bounded: whatever happens, the child is gone after `limit` seconds.
-        watchdog = threading.Timer(limit, child.kill)
-        watchdog.start()
-        try:
-            assert child.stdin is not None
-            config = {"kind": kind, "url": srv.url, "server_pid": srv.pid, "warm_up_call": warm_up_call}
-            child.stdin.write((json.dumps(config) + "\n").encode())
-            child.stdin.flush()
-            ready = answers.readline().split()
-            if not ready or ready[0] != b"READY":
-                raise RuntimeError(f"the child did not start ({ready!r}):\n{log_path.read_text()[-3000:]}")
-            imported_from = Path(ready[1].decode()).resolve()
-            if Path(paths[0]).resolve() not in imported_from.parents:
-                raise RuntimeError(f"{kind}: the child imported the provider from {imported_from}, not {paths[0]}")
-            # The Starts below take about 1 ms each on this machine; the lead counts from their end.
-            first_finish = time.time() + 2.0 + n / 1000 + lead
-            untils = [first_finish + window * i / max(n - 1, 1) for i in range(n)]
-            plan: dict[str, Any] = {}
-            in_band = 0
-            if wave:
-                # The child builds its triggers at build_at; their first holds end about CHECK_HOLD
-                # later: a share of the calls finishes in a band there, the rest after it.
-                build_at = time.time() + 3.0 + n / 1000
-                band_from = build_at + CHECK_HOLD
-                in_band = round(n * wave_share)
-                untils = [band_from + band * i / max(in_band - 1, 1) for i in range(in_band)] + [
-                    band_from + band + 5 + window * i / max(n - in_band - 1, 1) for i in range(n - in_band)
-                ]
-                first_finish = band_from
-                plan["build_at"] = build_at
-            random.Random(seed).shuffle(untils)
-            call_ids = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, untils))
-            if time.time() > (plan["build_at"] - 0.5 if wave else first_finish - lead / 2):
-                raise RuntimeError("starting the calls took longer than planned; raise the start allowance")
-            plan["calls"] = list(zip(call_ids, untils, strict=True))
-            checks_before = int(srv.stats()["check_requests"])
-            child.stdin.write((json.dumps(plan) + "\n").encode())
-            child.stdin.flush()
-            handed_over = time.time()
-            sampled: list[list[tuple[float, int]]] = []
-            sampler = None
-            if wave:
-                # From 30 % of the hold (every first Check sent) to well past the band.
-                sample_args = (srv, child, plan["build_at"] + 0.3 * CHECK_HOLD, first_finish + band + 20)
-                sampler = threading.Thread(target=lambda: sampled.append(_sample_checks(*sample_args)), daemon=True)
-                sampler.start()
-            held = _watch_server(srv, child, first_finish)
-            line = answers.readline()
-            child.wait()
-            if sampler is not None:
-                sampler.join()
-        finally:
-            answers.close()
-            watchdog.cancel()
-            if child.poll() is None:
-                child.kill()
+        with watchdog(child, limit):
+            try:
+                assert child.stdin is not None
+                config = {"kind": kind, "url": srv.url, "server_pid": srv.pid, "warm_up_call": warm_up_call}
+                child.stdin.write((json.dumps(config) + "\n").encode())
+                child.stdin.flush()
+                ready = answers.readline().split()
+                if not ready or ready[0] != b"READY":
+                    raise RuntimeError(f"the child did not start ({ready!r}):\n{log_path.read_text()[-3000:]}")
+                if not imported_from(paths[0], ready[1].decode()):
+                    raise RuntimeError(
+                        f"{kind}: the child imported the provider from {ready[1].decode()}, not {paths[0]}"
+                    )
+                # The Starts below take about 1 ms each on this machine; the lead counts from their end.
+                first_finish = time.time() + 2.0 + n / 1000 + lead
+                untils = [first_finish + window * i / max(n - 1, 1) for i in range(n)]
+                plan: dict[str, Any] = {}
+                in_band = 0
+                if wave:
+                    # The child builds its triggers at build_at; their first holds end about CHECK_HOLD
+                    # later: a share of the calls finishes in a band there, the rest after it.
+                    build_at = time.time() + 3.0 + n / 1000
+                    band_from = build_at + CHECK_HOLD
+                    in_band = round(n * wave_share)
+                    untils = [band_from + band * i / max(in_band - 1, 1) for i in range(in_band)] + [
+                        band_from + band + 5 + window * i / max(n - in_band - 1, 1) for i in range(n - in_band)
+                    ]
+                    first_finish = band_from
+                    plan["build_at"] = build_at
+                random.Random(seed).shuffle(untils)
+                call_ids = asyncio.run(start_sleep_calls("127.0.0.1", srv.port, untils))
+                if time.time() > (plan["build_at"] - 0.5 if wave else first_finish - lead / 2):
+                    raise RuntimeError("starting the calls took longer than planned; raise the start allowance")
+                plan["calls"] = list(zip(call_ids, untils, strict=True))
+                checks_before = int(srv.stats()["check_requests"])
+                child.stdin.write((json.dumps(plan) + "\n").encode())
+                child.stdin.flush()
+                handed_over = time.time()
+                sampled: list[list[tuple[float, int]]] = []
+                sampler = None
+                if wave:
+                    # From 30 % of the hold (every first Check sent) to well past the band.
+                    sample_args = (srv, child, plan["build_at"] + 0.3 * CHECK_HOLD, first_finish + band + 20)
+                    sampler = threading.Thread(target=lambda: sampled.append(_sample_checks(*sample_args)), daemon=True)
+                    sampler.start()
+                held = _watch_server(srv, child, first_finish)
+                line = answers.readline()
                 child.wait()
+                if sampler is not None:
+                    sampler.join()
+            finally:
+                answers.close()
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
         if not line:
             raise RuntimeError(f"the child died:\n{log_path.read_text()[-3000:]}")
         result: dict[str, Any] = json.loads(line)

@@ -63,7 +63,7 @@ if any(name.startswith(("tests/", "benchmarks/")) for name in names):
     problems.append("the wheel carries tests or benchmarks")
 with tarfile.open(sdist) as tf:
     members = tf.getnames()
-for part in ("README.md", "pyproject.toml", "example_dags/example_banana_inference.py"):
+for part in ("README.md", "pyproject.toml", "example_dags/example_banana_inference.py", "benchmarks/harness.py"):
     if not any(member.endswith("/" + part) for member in members):
         problems.append(f"the sdist lacks {part}")
 if problems:

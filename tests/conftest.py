@@ -2,8 +2,8 @@
 Shared fixtures: a throwaway Airflow home on SQLite, the local Banana server, and connections.
 
 The helpers and constants the test modules share (the session's API key, ``connection_json``,
-``free_port``, the DAG-run readers...) live in ``tests/helpers.py``; this module keeps the
-fixtures and the environment Airflow must see before it is first imported.
+the DAG-run readers...) live in ``tests/helpers.py`` (a free port: ``benchmarks.harness.free_port``);
+this module keeps the fixtures and the environment Airflow must see before it is first imported.
 
 Everything here is real: the server is a subprocess on 127.0.0.1 spoken to over HTTP,
 connections come from ``AIRFLOW_CONN_*`` variables, DAGs run with ``dag.test()`` against a

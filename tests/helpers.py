@@ -1,15 +1,14 @@
 """
-The helpers every test module shares: constants, connections, ports, polling, DAG-run and log readers.
+The helpers every test module shares: constants, connections, polling, DAG-run and log readers.
 
 Test modules import from here and never from one another. ``tests/conftest.py`` keeps the
 fixtures and the session's environment (the Airflow home); ``tests/hostile.py`` and
 ``tests/leaks.py`` are the scripted hostile servers and the key-leak scanners.
 
 Importing this module imports neither Airflow nor the provider, only the standard library and
-pytest: ``conftest.py`` imports it before it sets the environment Airflow reads once, and
-``benchmarks/batch_vs_mapping.py`` takes :func:`free_port` from here in a process that must not
-configure Airflow. The helpers that need Airflow import it when called; :data:`FAST` is built on
-first use (:func:`__getattr__`).
+pytest: ``conftest.py`` imports it before it sets the environment Airflow reads once. The helpers
+that need Airflow import it when called; :data:`FAST` is built on first use (:func:`__getattr__`).
+A free port comes from :func:`benchmarks.harness.free_port`, which the benchmarks share.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -78,14 +76,6 @@ def connection_json(url: str, api_key: str | None = API_KEY, **extra: Any) -> st
     # The client is told the test server's holds, as a self-hosted deployment would be.
     conn["extra"] = {"start_hold": HOLD, "check_hold": HOLD, "read_margin": 3, **extra}
     return json.dumps(conn)
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(what: str, probe: Callable[[], T], timeout: float = 5.0, interval: float = 0.05) -> T:

@@ -526,10 +526,10 @@ def mapped_triggerer_kill(
             / f"attempt=1.log.trigger.{job}.log"
         )
 
-    # Mid-wait: the victim's triggers are running (each has logged its first line), not just assigned.
+    # Mid-wait: the victim's triggers are running (Airflow logged "trigger ... starting"), not just assigned.
     wait_until(
         f"{victim}'s triggers running",
-        lambda: all(first_record(trigger_log(i, victim_job), "Watching Banana call") for i in moved),
+        lambda: all(first_record(trigger_log(i, victim_job), " starting") for i in moved),
         90,
         topo,
         interval=1,

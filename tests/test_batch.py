@@ -15,9 +15,9 @@ from airflow_provider_banana.batch import BananaBatchError, BatchPlan, Wave, han
 from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.exceptions import BananaConfigError
 from airflow_provider_banana.operators.banana import BananaBatchInferenceOperator
+from benchmarks.latency_proxy import LatencyProxy
 from tests.dags import banana_test_dags as scenarios
 from tests.helpers import assert_raised, connection_json, requires_task_state_store, states, try_numbers, xcom
-from tests.latency_proxy import LatencyProxy
 
 #: What dag.test() logs each time it runs a deferred task's trigger.
 DAG_TEST_DEFERRAL = "[DAG TEST] running trigger in line"

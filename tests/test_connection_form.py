@@ -21,8 +21,9 @@ from airflow.sdk import Connection
 
 from airflow_provider_banana import connection_ui_behaviour, get_provider_info
 from airflow_provider_banana.hooks.banana import BananaSettings
+from benchmarks.harness import free_port
 from tests.components import STARTUP_TIMEOUT, AirflowComponents, airflow_env, stop_and_reap
-from tests.helpers import AIRFLOW_VERSION, connection_json, free_port
+from tests.helpers import AIRFLOW_VERSION, connection_json
 
 #: What the model key field suggests (its schema's ``examples``), the placeholder the issue asked for.
 PLACEHOLDER = "your-model-key"

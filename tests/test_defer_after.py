@@ -35,7 +35,6 @@ def test_a_call_that_outlasts_defer_after_defers(
     assert caplog.text.count(DAG_TEST_DEFERRAL) == 1
     logs = "".join(capfd.readouterr())
     assert "Waiting for Banana call" in logs
-    assert "Watching Banana call" in logs  # the trigger's first line
     assert "The triggerer's watch of the call ended (success)" in logs
     assert server.stats()["starts_taken"] == 1
 

@@ -30,7 +30,8 @@ from airflow_provider_banana.devserver.app import create_app
 from airflow_provider_banana.devserver.config import ADMIN_TOKEN_ENV_VAR, DevServerConfig, admin_mode
 from airflow_provider_banana.devserver.service import BananaService
 from airflow_provider_banana.devserver.testing import DevServer, DevServerError
-from tests.helpers import free_port, wait_until
+from benchmarks.harness import free_port
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,7 +31,8 @@ import pytest
 import requests
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.helpers import ROOT, connection_json, free_port, states, xcom
+from benchmarks.harness import free_port
+from tests.helpers import ROOT, connection_json, states, xcom
 
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"

@@ -20,7 +20,8 @@ from airflow_provider_banana.exceptions import (
     BananaTimeoutError,
 )
 from airflow_provider_banana.hooks.banana import BananaHook
-from tests.helpers import API_KEY, FAST, connection_json, free_port
+from benchmarks.harness import free_port
+from tests.helpers import API_KEY, FAST, connection_json
 
 
 def make_hook(**kwargs: Any) -> BananaHook:

@@ -15,8 +15,9 @@ import pytest
 import requests
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.helpers import API_KEY, free_port, wait_until
-from tests.latency_proxy import LatencyProxy
+from benchmarks.harness import free_port
+from benchmarks.latency_proxy import LatencyProxy
+from tests.helpers import API_KEY, wait_until
 
 RTT = 0.1
 #: Guards against a hang, not timing assertions: every wait below is far shorter.

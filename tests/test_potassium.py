@@ -28,7 +28,8 @@ import pytest
 import requests
 
 from airflow_provider_banana.devserver.testing import DevServer
-from tests.helpers import free_port, wait_until
+from benchmarks.harness import free_port
+from tests.helpers import wait_until
 
 pytest.importorskip("potassium", reason="potassium==0.5.0 comes with the dev extra: pip install -e '.[dev]'")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_banana.devserver.testing import DevServer
+from benchmarks.harness import free_port
 from tests.components import RUN_TIMEOUT, AirflowComponents, airflow_env, processes_titled, started
-from tests.helpers import AIRFLOW_VERSION, API_KEY, ROOT, connection_json, free_port
+from tests.helpers import AIRFLOW_VERSION, API_KEY, ROOT, connection_json
 
 # The module takes 60-95 s on two cores, more on the first run after install (every .pyc gets
 # compiled); ~40 s of it is starting the components, which the first test pays for. The waits below fail sooner,

@@ -15,7 +15,8 @@ from airflow_provider_banana.devserver.testing import DevServer
 from airflow_provider_banana.exceptions import BananaError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
-from tests.helpers import API_KEY, FAST, HOLD, collect, connection_json, free_port
+from benchmarks.harness import free_port
+from tests.helpers import API_KEY, FAST, HOLD, collect, connection_json
 
 
 def start_call(inputs: dict[str, Any], model_key: str) -> str:
@@ -77,6 +78,19 @@ class TestRun:
         assert payload["call_id"] == call_id
         assert payload["model_outputs"] == [{"slept": pytest.approx(0.5, abs=0.2), "result": [1, 2]}]
         assert server.stats()["starts_taken"] == 1  # the trigger never starts a call
+
+    def test_logs_a_resumed_watch_and_failures_not_each_success(
+        self, banana_conn: str, server: DevServer, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        call_id = start_call({"seconds": 0.2, "result": 1}, "sleep")
+        capfd.readouterr()
+        assert run_trigger(make_trigger(call_id))["status"] == "success"
+        # A success is Airflow's "Trigger fired event" line, an ordinary start its "trigger ... starting".
+        assert call_id not in "".join(capfd.readouterr())
+        assert run_trigger(make_trigger(call_id, deferred_at=time.time() - 60))["status"] == "success"
+        assert "resuming a watch begun 60 s ago" in "".join(capfd.readouterr())
+        assert run_trigger(make_trigger("call_missing"))["status"] != "success"
+        assert "call_missing" in "".join(capfd.readouterr())
 
     def test_no_sleep_after_a_held_long_poll(self, banana_conn: str, server: DevServer) -> None:
         call_id = start_call({"seconds": 2.5}, "sleep")

@@ -30,6 +30,22 @@ from airflow_provider_banana.redact import Redactor
 MAX_EVENT_OUTPUTS_BYTES = 64 * 1024
 
 
+def event_fits_loop(reply_bytes: int) -> bool:
+    """
+    Return whether a finished call's event is built on the trigger's event loop, not in a thread.
+
+    A reply of at most :data:`MAX_EVENT_OUTPUTS_BYTES` holds outputs whose :func:`canonical_outputs`
+    are about as large (compact JSON, UTF-8), so checking and serializing them takes well under a
+    millisecond; handing that to a thread costs more, when thousands of triggers finish together
+    (the GIL changing hands: 0.3 ms of CPU a call at 1,000 at once, ``benchmarks/async_layers.py``).
+    Larger replies are handled in a thread, so that megabytes never stall the loop.
+
+    :param reply_bytes: the size of the reply that finished the call
+        (:attr:`~airflow_provider_banana.contract.replies.BananaFinished.reply_bytes`).
+    """
+    return 0 < reply_bytes <= MAX_EVENT_OUTPUTS_BYTES
+
+
 def canonical_outputs(model_outputs: list[Any]) -> bytes:
     """
     Return the bytes that the size, the sha256 and an output file of ``model_outputs`` are of.

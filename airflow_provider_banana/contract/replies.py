@@ -7,7 +7,7 @@ import enum
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, TypeAlias
 from urllib.parse import urljoin, urlsplit
@@ -84,11 +84,14 @@ class BananaFinished(_Reply):
     :param message: Banana's ``message`` (``success``, or ``""`` on a finished Start), the key masked.
     :param api_version: Banana's free-form ``apiVersion`` label, for logs only.
     :param non_finite: where NaN or Infinity stand in ``model_outputs`` (see :func:`non_finite_paths`).
+    :param reply_bytes: the size of the reply's body, which bounds what handling its outputs costs
+        (see :func:`~airflow_provider_banana.contract.events.event_fits_loop`); not compared.
     """
 
     call_id: str | None
     model_outputs: list[Any]
     non_finite: tuple[str, ...] = ()
+    reply_bytes: int = field(default=0, compare=False)
     finished: ClassVar[bool] = True
 
     @property
@@ -376,6 +379,7 @@ def parse_reply(
         message=message,
         api_version=api_version,
         non_finite=tuple(non_finite_paths(outputs)) if may_hold_non_finite(raw) else (),
+        reply_bytes=len(raw),
     )
 
 

@@ -100,6 +100,8 @@ class CallWaiter:
     last_status: str | None = None
     checks: int = 0
     last_logged: float = 0.0
+    #: The size of the reply that finished the call (0 until then).
+    reply_bytes: int = 0
 
     @classmethod
     def begin(
@@ -218,6 +220,7 @@ class CallWaiter:
         now = time.time()
         line: tuple[Any, ...] | None = None
         if isinstance(result, BananaFinished):
+            self.reply_bytes = result.reply_bytes
             # The outcome is the caller's to log, once, with what it knows (the trigger: its Checks).
             return WaitStep(outputs=result.model_outputs, pause=0.0, status_changed=changed)
         if changed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from airflow_provider_banana.contract import (
     call_timeout_error,
     check_storable,
     error_event,
+    event_fits_loop,
     success_event,
     validate_call_id,
     validate_poll_interval,
@@ -34,15 +36,6 @@ from airflow_provider_banana.redact import NO_SECRET, Redactor
 #: Seconds between a deferral and its trigger's start past which the trigger resumes a watch begun
 #: elsewhere: picking up a fresh trigger takes a triggerer a few seconds, a takeover tens.
 RESUME_AFTER = 15.0
-
-
-def _where_outputs_went(event: dict[str, Any]) -> str:
-    # Never the outputs themselves: this log line, like Airflow's "Trigger fired event", stays small.
-    if event.get("output_path"):
-        return f"; outputs ({event['outputs_bytes']} bytes) written to {event['output_path']}"
-    if event.get("model_outputs") is None:
-        return f"; outputs ({event['outputs_bytes']} bytes) left on the server for the worker to fetch"
-    return ""
 
 
 class _BananaWaitTrigger(BaseTrigger):
@@ -136,9 +129,11 @@ class BananaCallTrigger(_BananaWaitTrigger):
     together, as after a take-over, then do not re-poll in step, and a call that finishes while
     thousands of Checks are re-sent is not kept waiting behind them.
 
-    The trigger logs when it starts watching (elapsed, time left, and whether it resumes a watch
-    that began elsewhere: a takeover by another triggerer or a restart), a progress line at most
-    once per long poll, and the outcome.
+    The trigger logs when it resumes a watch that began elsewhere (a takeover by another triggerer
+    or a restart; an ordinary start only at debug level, after Airflow's own "trigger ... starting"
+    line), a progress line at most once per long poll, and a failure; a success is Airflow's own
+    "Trigger fired event" line, which shows the event. At thousands of triggers, each line more per
+    call would cost the triggerer a tenth more CPU.
 
     :param call_id: the callID from Start.
     :param banana_conn_id: the Airflow connection to use.
@@ -194,9 +189,12 @@ class BananaCallTrigger(_BananaWaitTrigger):
         self._log_start()
         try:
             outputs = await self._wait()
-            # In a thread: serializing (and writing) megabytes of outputs would stall every trigger
-            # on this triggerer's loop.
-            event = await asyncio.to_thread(self._finished_event, outputs)
+            if not self.output_path and self._waiter is not None and event_fits_loop(self._waiter.reply_bytes):
+                event = self._finished_event(outputs)
+            else:
+                # In a thread: serializing (and writing) megabytes of outputs would stall every
+                # trigger on this triggerer's loop.
+                event = await asyncio.to_thread(self._finished_event, outputs)
         except Exception as e:  # every failure becomes the one event the operator reads
             event = error_event(self.call_id, e, redactor=self._redactor, **self._summary())
             self.log.warning(
@@ -206,15 +204,9 @@ class BananaCallTrigger(_BananaWaitTrigger):
                 event["elapsed"],
                 event["checks"],
             )
-            yield TriggerEvent(event)
-            return
-        self.log.info(
-            "Banana call %s finished after %.1f s (Checks: %d)%s",
-            self.call_id,
-            event["elapsed"],
-            event["checks"],
-            _where_outputs_went(event),
-        )
+        # A success is not logged here: Airflow's own "Trigger fired event" line, next in this log,
+        # shows the event (Checks, elapsed, the outputs' size or file), and a line more per call was
+        # a tenth of what a trigger costs the triggerer.
         yield TriggerEvent(event)
 
     def _finished_event(self, outputs: list[Any]) -> dict[str, Any]:
@@ -228,20 +220,24 @@ class BananaCallTrigger(_BananaWaitTrigger):
         return success_event(self.call_id, outputs, **self._summary())
 
     def _log_start(self) -> None:
+        # A resumed watch (a takeover or a restart) is news; an ordinary start is Airflow's own
+        # "trigger ... starting" line already, and a line more per trigger costs a triggerer that
+        # starts thousands of them at once a tenth of what each one costs it (issue 23).
         now = time.time()
         since_deferral = now - self.deferred_at
-        resumed = (
-            f"; resuming a watch begun {since_deferral:.0f} s ago (another triggerer took it over, or the "
-            "triggerer restarted)"
-            if since_deferral > RESUME_AFTER
-            else ""
-        )
-        self.log.info(
+        resumed = since_deferral > RESUME_AFTER
+        self.log.log(
+            logging.INFO if resumed else logging.DEBUG,
             "Watching Banana call %s: %.1f s since its Start, %s before the deadline%s",
             self.call_id,
             now - self.started_at,
             time_left(self.deadline - now),
-            resumed,
+            (
+                f"; resuming a watch begun {since_deferral:.0f} s ago (another triggerer took it over, or "
+                "the triggerer restarted)"
+            )
+            if resumed
+            else "",
         )
 
     def _summary(self) -> dict[str, Any]:
