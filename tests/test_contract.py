@@ -401,6 +401,23 @@ class TestWaiting:
         assert step.status_changed
         assert waiter.checks == 3
 
+    def test_waiter_logs_news_and_progress_not_every_check(self) -> None:
+        running = contract.BananaRunning(call_id="call_1", message="running")
+        queued = contract.BananaRunning(call_id="call_1", message="queued")
+        waiter = CallWaiter.begin("call_1", timeout=3600, poll_interval=5)
+        assert waiter.observe(running, waited=50.0).log_line is None  # the Start already said "running"
+        assert waiter.observe(queued, waited=50.0).log_line[:3] == (
+            "Banana call %s is %s after %.1f s",
+            "call_1",
+            "queued",
+        )
+        assert waiter.observe(queued, waited=50.0).log_line is None  # no news, and under PROGRESS_EVERY
+        waiter.last_logged -= contract.PROGRESS_EVERY
+        line = waiter.observe(queued, waited=50.0).log_line
+        assert line is not None
+        assert "is still %s" in line[0]
+        assert CallWaiter.begin("call_2", timeout=3600).observe(queued, waited=1.0).log_line is not None
+
     def test_waiter_deadline(self) -> None:
         waiter = CallWaiter.begin("call_1", timeout=10, started_at=time.time() - 11)
         with pytest.raises(BananaTimeoutError) as info:

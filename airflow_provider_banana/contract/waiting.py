@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_banana.contract.deadline import budget, call_timeout_error, deadline_for
-from airflow_provider_banana.contract.replies import BananaFinished
+from airflow_provider_banana.contract.replies import BananaFinished, CallState
 from airflow_provider_banana.contract.validation import absolute_deadline, validate_poll_interval, validate_seconds
 from airflow_provider_banana.exceptions import (
     BananaCallError,
@@ -41,9 +41,10 @@ DEFER_BACKSTOP_MARGIN = 60.0
 #: and the whole hold (see :meth:`CallWaiter.hold_cut`), so that waits begun together part ways.
 SPREAD_FROM = 0.5
 
-#: Least seconds between two progress lines of one wait when its status does not change: about
-#: one per long poll (Banana holds one 50 s), so an hour's call logs some 70 lines, not thousands.
-PROGRESS_EVERY = 50.0
+#: Least seconds between two progress lines of one wait when its status does not change: an hour's
+#: call logs 12, not thousands. Not one per long poll (Banana holds one 50 s): at thousands of
+#: triggers, a log line costs the triggerer about as much CPU as the Check it reports on.
+PROGRESS_EVERY = 300.0
 
 
 def time_left(seconds: float, *, estimate: bool = False) -> str:
@@ -99,7 +100,8 @@ class CallWaiter:
     started_at: float
     last_status: str | None = None
     checks: int = 0
-    last_logged: float = 0.0
+    #: When the last line was logged (the wait's start at first: progress lines come after that).
+    last_logged: float = field(default_factory=time.time)
     #: The size of the reply that finished the call (0 until then).
     reply_bytes: int = 0
 
@@ -215,15 +217,16 @@ class CallWaiter:
         """
         self.checks += 1
         status = result.status_text
-        changed = status != self.last_status
-        self.last_status = status
+        previous, self.last_status = self.last_status, status
+        changed = status != previous
         now = time.time()
         line: tuple[Any, ...] | None = None
         if isinstance(result, BananaFinished):
             self.reply_bytes = result.reply_bytes
             # The outcome is the caller's to log, once, with what it knows (the trigger: its Checks).
             return WaitStep(outputs=result.model_outputs, pause=0.0, status_changed=changed)
-        if changed:
+        # The first status is news only if it is not plain "running", which the Start already said.
+        if status != (previous or CallState.RUNNING.value):
             line = ("Banana call %s is %s after %.1f s", self.call_id, status, now - self.started_at)
         elif now - self.last_logged >= PROGRESS_EVERY:
             line = (

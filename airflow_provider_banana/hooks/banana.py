@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import functools
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,7 +67,7 @@ from airflow_provider_banana.hooks import _sessions, _transport
 from airflow_provider_banana.redact import Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import Awaitable, Callable, Coroutine
 
     import aiohttp
     import requests
@@ -246,17 +246,17 @@ class _BananaHookBase(BaseHook):
         attempt, pause, reason = describe_retry(state)
         self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, reason, pause)
 
-    @contextlib.contextmanager
-    def _observed(
-        self, endpoint: str, attempt: int, model_key: str | None
-    ) -> Iterator[Callable[[BananaResult], BananaResult]]:
+    def _attempt_sent(self, endpoint: str, attempt: int, model_key: str | None) -> float:
         """
-        Send the metrics of one request attempt (see :mod:`airflow_provider_banana.metrics`).
+        Send the metrics of a request attempt going out (see :mod:`airflow_provider_banana.metrics`).
+
+        Nothing of it stays alive while the request is held: a triggerer holds thousands of long
+        polls, and whatever each keeps for 50 s its garbage collector walks again and again.
 
         :param endpoint: :data:`START` or :data:`CHECK`.
         :param attempt: the attempt's number, from 1: a Start's second attempt is a re-sent one.
         :param model_key: the Start's model key (a tag); ``None`` for a Check.
-        :return: yields a function to pass the parsed reply through.
+        :return: when it went out (``time.monotonic()``), for :meth:`_attempt_ended`.
         """
         tags = metrics.Tags(self.banana_conn_id, model_key)
         if endpoint == START:
@@ -265,29 +265,42 @@ class _BananaHookBase(BaseHook):
                 metrics.count(metrics.START_RETRIED, tags)
         else:
             metrics.count(metrics.CHECK_SENT, tags)
-        began = time.monotonic()
+        return time.monotonic()
 
-        def answered(result: BananaResult) -> BananaResult:
-            if endpoint == START:
-                elapsed = time.monotonic() - began
-                metrics.timing(metrics.START_DURATION, elapsed, tags)
-                if isinstance(result, BananaFinished):  # finished within its Start: that was the call
-                    metrics.timing(metrics.CALL_DURATION, elapsed, tags)
-            return result
+    def _attempt_ended(
+        self,
+        endpoint: str,
+        model_key: str | None,
+        began: float,
+        *,
+        result: BananaResult | None = None,
+        error: BananaError | None = None,
+    ) -> None:
+        """
+        Send the metrics of a request attempt that was answered (``result``) or failed (``error``).
 
-        try:
-            yield answered
-        except BananaCallError as e:
+        :param endpoint: :data:`START` or :data:`CHECK`.
+        :param model_key: the Start's model key (a tag); ``None`` for a Check.
+        :param began: what :meth:`_attempt_sent` returned.
+        :param result: the parsed reply.
+        :param error: what the attempt raised.
+        """
+        if endpoint != START and not isinstance(error, BananaCallError):
+            return  # a Check's answer has no metric of its own
+        tags = metrics.Tags(self.banana_conn_id, model_key)
+        if error is None:
+            elapsed = time.monotonic() - began
+            metrics.timing(metrics.START_DURATION, elapsed, tags)
+            if isinstance(result, BananaFinished):  # finished within its Start: that was the call
+                metrics.timing(metrics.CALL_DURATION, elapsed, tags)
+        elif isinstance(error, BananaCallError):
             if endpoint == START:
                 metrics.timing(metrics.START_DURATION, time.monotonic() - began, tags)
             # An unknown callID is a lookup's answer (test_connection's probe, an expired reattach).
-            if not isinstance(e, BananaCallNotFoundError):
+            if not isinstance(error, BananaCallNotFoundError):
                 metrics.count(metrics.CALL_FAILED, tags)
-            raise
-        except BananaTransportError as e:
-            if endpoint == START and e.request_sent:
-                metrics.count(metrics.START_UNANSWERED, tags)
-            raise
+        elif isinstance(error, BananaTransportError) and error.request_sent:
+            metrics.count(metrics.START_UNANSWERED, tags)
 
     def _exchange(
         self,
@@ -576,9 +589,16 @@ class BananaHook(_BananaHookBase):
         settings = self.settings
         retrying = tenacity.Retrying(**self._retrying_kwargs(endpoint, deadline))
         for attempt in retrying:
-            with attempt, self._observed(endpoint, attempt.retry_state.attempt_number, model_key) as answered:
-                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                return answered(self._reply(exchange, _transport.post(self.session, exchange)))
+            with attempt:
+                began = self._attempt_sent(endpoint, attempt.retry_state.attempt_number, model_key)
+                try:
+                    exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
+                    result = self._reply(exchange, _transport.post(self.session, exchange))
+                except BananaError as error:
+                    self._attempt_ended(endpoint, model_key, began, error=error)
+                    raise
+                self._attempt_ended(endpoint, model_key, began, result=result)
+                return result
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -780,27 +800,46 @@ class BananaAsyncHook(_BananaHookBase):
         attempt = 0
         while True:
             attempt += 1
+            began = self._attempt_sent(endpoint, attempt, model_key)
             try:
-                with self._observed(endpoint, attempt, model_key) as answered:
-                    exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                    if cut is not None and attempt == 1:
-                        try:
-                            raw = await asyncio.wait_for(_transport.apost(session, exchange), cut)
-                        except asyncio.TimeoutError:  # apost turns its own timeouts into BananaError
-                            return None
-                    else:
-                        raw = await _transport.apost(session, exchange)
-                    if len(raw.content) > _PARSE_IN_THREAD_BYTES:
-                        # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
-                        # call on another thread: json.loads would hold the GIL, and the loop, all along.
-                        return answered(await asyncio.to_thread(self._reply, exchange, raw, in_steps=True))
-                    return answered(self._reply(exchange, raw))
+                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
+                if cut is not None and attempt == 1:
+                    try:
+                        raw = await _abandoned_after(cut, _transport.apost(session, exchange))
+                    except asyncio.TimeoutError:  # the cut, not apost's: it turns its own into BananaError
+                        return None
+                else:
+                    raw = await _transport.apost(session, exchange)
+                if len(raw.content) > _PARSE_IN_THREAD_BYTES:
+                    # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
+                    # call on another thread: json.loads would hold the GIL, and the loop, all along.
+                    result = await asyncio.to_thread(self._reply, exchange, raw, in_steps=True)
+                else:
+                    result = self._reply(exchange, raw)
             except BananaError as error:
+                self._attempt_ended(endpoint, model_key, began, error=error)
                 pause = self.retry_policy.pause_before_retry(endpoint, attempt, error, deadline=deadline)
                 if pause is None:
                     raise
                 self.log.warning("Banana request attempt %d failed (%s); retrying in %.1f s", attempt, error, pause)
                 await asyncio.sleep(pause)
+                continue
+            self._attempt_ended(endpoint, model_key, began, result=result)
+            return result
+
+
+if sys.version_info >= (3, 11):
+
+    async def _abandoned_after(seconds: float, request: Awaitable[_transport.RawReply]) -> _transport.RawReply:
+        # asyncio.timeout cancels the request where it stands; wait_for would wrap it in a task of
+        # its own (a task, a context, a future and a callback more per long poll, held by thousands).
+        async with asyncio.timeout(seconds):
+            return await request
+
+else:  # Python 3.10
+
+    async def _abandoned_after(seconds: float, request: Awaitable[_transport.RawReply]) -> _transport.RawReply:
+        return await asyncio.wait_for(request, seconds)
 
 
 def _mask(secret: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -130,10 +129,10 @@ class BananaCallTrigger(_BananaWaitTrigger):
     thousands of Checks are re-sent is not kept waiting behind them.
 
     The trigger logs when it resumes a watch that began elsewhere (a takeover by another triggerer
-    or a restart; an ordinary start only at debug level, after Airflow's own "trigger ... starting"
-    line), a progress line at most once per long poll, and a failure; a success is Airflow's own
-    "Trigger fired event" line, which shows the event. At thousands of triggers, each line more per
-    call would cost the triggerer a tenth more CPU.
+    or a restart; an ordinary start is Airflow's own "trigger ... starting" line), a status other
+    than "running", a progress line at most every 5 minutes, and a failure; a success is Airflow's
+    own "Trigger fired event" line, which shows the event. At thousands of triggers, each line more
+    per call would cost the triggerer a tenth more CPU.
 
     :param call_id: the callID from Start.
     :param banana_conn_id: the Airflow connection to use.
@@ -220,24 +219,20 @@ class BananaCallTrigger(_BananaWaitTrigger):
         return success_event(self.call_id, outputs, **self._summary())
 
     def _log_start(self) -> None:
-        # A resumed watch (a takeover or a restart) is news; an ordinary start is Airflow's own
-        # "trigger ... starting" line already, and a line more per trigger costs a triggerer that
-        # starts thousands of them at once a tenth of what each one costs it (issue 23).
+        # Only a resumed watch (a takeover or a restart) is news: an ordinary start is Airflow's own
+        # "trigger ... starting" line already, and a line more per trigger (its logger built, the
+        # record rendered and sent) costs a triggerer that starts thousands at once (issue 23).
         now = time.time()
         since_deferral = now - self.deferred_at
-        resumed = since_deferral > RESUME_AFTER
-        self.log.log(
-            logging.INFO if resumed else logging.DEBUG,
-            "Watching Banana call %s: %.1f s since its Start, %s before the deadline%s",
+        if since_deferral <= RESUME_AFTER:
+            return
+        self.log.info(
+            "Watching Banana call %s: %.1f s since its Start, %s before the deadline; resuming a watch begun "
+            "%.0f s ago (another triggerer took it over, or the triggerer restarted)",
             self.call_id,
             now - self.started_at,
             time_left(self.deadline - now),
-            (
-                f"; resuming a watch begun {since_deferral:.0f} s ago (another triggerer took it over, or "
-                "the triggerer restarted)"
-            )
-            if resumed
-            else "",
+            since_deferral,
         )
 
     def _summary(self) -> dict[str, Any]:
