@@ -12,7 +12,17 @@ finished reply whose ``modelOutputs`` has the shape the ``modelKey`` names, buil
   embedding-per-row model returns; about 55 MB;
 - ``string``: one 50 MB string (base64 of random bytes), an image-sized output;
 - ``embedding``: 2,500 lists of 1,000 floats, a batch of embeddings; about 50 MB;
-- ``idle``: no read at all, the ticker alone for 2 s: the machine's own noise, for scale.
+- ``idle``: no read at all, the ticker alone for 2 s: the machine's own noise, for scale;
+
+and bodies the hook must refuse, each about 64 MB, which it classifies ("not JSON", "too deeply
+nested") rather than parses:
+
+- ``malformed``: the million records with one byte broken near the end (a ``,`` become ``;``);
+- ``notjson``: the million records as Python writes them (``repr``: quotes ``'``), brackets
+  everywhere, JSON nowhere;
+- ``badutf8``: the million records with one byte near the end that is not UTF-8;
+- ``deep``: valid, the million records spread over 500 levels of nesting (under the 512 limit);
+- ``toodeep``: the same over 600 levels, past the limit.
 
 For each kind, a child process standing in for the triggerer runs a ticker on its event loop (an
 ``asyncio.sleep(0.01)`` in a loop, noting how late each wake-up is) while ``BananaAsyncHook.start``
@@ -46,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,13 +65,29 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, fmt_seconds, percentile, print_table
-from benchmarks.triggerer_capacity import provider_at
+from benchmarks.harness import (
+    ROOT,
+    child_env,
+    fmt_seconds,
+    imported_from,
+    percentile,
+    print_table,
+    provider_paths,
+    start_answering,
+    watchdog,
+)
 
 #: The last revision whose async hook parsed a large reply with one json.loads in a thread.
 BASELINE = "banana@80d95c4"
 KINDS = (BASELINE, "banana")
-SHAPES = ("idle", "records", "string", "embedding")
+SHAPES = ("idle", "records", "string", "embedding", "malformed", "notjson", "badutf8", "deep", "toodeep")
+#: The shapes whose body the hook refuses, with what its error must say.
+REFUSED = {
+    "malformed": "is not JSON",
+    "notjson": "is not JSON",
+    "badutf8": "is not JSON",
+    "toodeep": "too deeply nested",
+}
 #: The ticker's period: a wake-up later than this by more than a few ms means the loop was held.
 TICK = 0.01
 _SERVE = (sys.executable, "-m", "benchmarks.loop_stall", "--serve", "--answer-fd")
@@ -82,16 +107,39 @@ def outputs_for(shape: str) -> Any:
     if shape == "embedding":
         rng = random.Random(2)
         return {"embeddings": [[rng.random() for _ in range(1000)] for _ in range(2500)]}
-    if shape in ("small", "idle"):
+    if shape in ("deep", "toodeep"):
+        return nested_records(500 if shape == "deep" else 600)
+    if shape in ("small", "idle", *REFUSED):
         return {"ok": True}
     raise ValueError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
 
 
+def nested_records(levels: int) -> Any:
+    """Return the million records spread over ``levels`` nested arrays, each level with its share.
+
+    Every level is larger than a parsing step, so that a parser in steps has to descend into each.
+
+    :param levels: how deep the arrays nest.
+    """
+    per_level = 1_000_000 // levels
+    inner: list[Any] = []
+    for level in range(levels):
+        ids = range(level * per_level, (level + 1) * per_level)
+        inner = [*({"id": i, "score": i / 7, "label": f"item-{i % 1000}"} for i in ids), inner]
+    return inner
+
+
 def reply_body(shape: str) -> bytes:
-    """Return the finished Start reply carrying the outputs of ``shape``.
+    """Return the finished Start reply carrying the outputs of ``shape`` (a broken one for :data:`REFUSED`).
 
     :param shape: one of :data:`SHAPES` or ``small``.
     """
+    if shape in ("malformed", "badutf8"):
+        body = reply_body("records")
+        at = body.rindex(b", {", 0, len(body) - 1000)
+        return body[:at] + (b";" if shape == "malformed" else b"\xff") + body[at + 1 :]
+    if shape == "notjson":
+        return repr({"message": "success", "finished": True, "modelOutputs": [outputs_for("records")]}).encode()
     reply = {
         "id": "bench",
         "message": "success",
@@ -135,6 +183,7 @@ def serve(shapes: Sequence[str], answer_fd: int) -> None:
 
 async def _measure_in_child(shapes: Sequence[str], repeat: int) -> dict[str, Any]:
     import airflow_provider_banana
+    from airflow_provider_banana.exceptions import BananaProtocolError
     from airflow_provider_banana.hooks.banana import BananaAsyncHook
 
     samples: list[tuple[float, float]] = []
@@ -159,19 +208,26 @@ async def _measure_in_child(shapes: Sequence[str], repeat: int) -> dict[str, Any
                 gc.collect()
                 await asyncio.sleep(0.1)
                 began = time.perf_counter()
+                outputs: Any = None
                 if shape == "idle":
                     await asyncio.sleep(2.0)
                     result = await hook.start({}, model_key="small")
-                    expected = result.model_outputs
+                    outputs = expected = result.model_outputs
+                elif shape in REFUSED:
+                    try:
+                        await hook.start({}, model_key=shape)
+                    except BananaProtocolError as error:
+                        outputs = str(error)
                 else:
-                    result = await hook.start({}, model_key=shape)
+                    outputs = (await hook.start({}, model_key=shape)).model_outputs
                 reads.append(time.perf_counter() - began)
                 await asyncio.sleep(0.2)
                 stalls += [max(stall, 0.0) for at, stall in samples if at >= began]
                 # Outside the measured window: comparing and freeing hold the loop themselves.
-                exact &= result.model_outputs == expected
-                outputs = result.model_outputs
-                del result
+                if shape in REFUSED:
+                    exact &= isinstance(outputs, str) and REFUSED[shape] in outputs
+                else:
+                    exact &= outputs == expected
                 freeing = time.perf_counter()
                 del outputs
                 frees.append(time.perf_counter() - freeing)
@@ -203,52 +259,24 @@ def measure(kind: str, url: str, shapes: Sequence[str], repeat: int, tmp: Path) 
     """
     home = tmp / kind.replace("@", "-")
     home.mkdir()
-    paths = [str(provider_at(kind.split("@", 1)[1], home)), str(ROOT)] if "@" in kind else [str(ROOT)]
+    paths = provider_paths(kind, home)
     conn = {"conn_type": "banana", "host": url, "password": "bench-api-key", "extra": {"model_key": "small"}}
-    env = {
-        **os.environ,
-        "AIRFLOW_CONN_BANANA_DEFAULT": json.dumps(conn),
-        "AIRFLOW_HOME": str(home / "airflow-home"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": os.pathsep.join(paths),
-    }
-    answer_read, answer_write = os.pipe()
     log_path = home / "child.log"
-    with open(log_path, "wb") as log_file:
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.loop_stall",
-                "--child",
-                "--answer-fd",
-                str(answer_write),
-                "--shapes",
-                ",".join(shapes),
-                "--repeat",
-                str(repeat),
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            # Not the checkout: `python -m` puts the working directory first on sys.path, ahead of
-            # PYTHONPATH, and banana@REF would then import today's code.
-            cwd=home,
-            pass_fds=(answer_write,),
-        )
-    os.close(answer_write)
-    watchdog = threading.Timer(CHILD_LIMIT, child.kill)
-    watchdog.start()
-    try:
-        with os.fdopen(answer_read, "rb") as answers:
+    child, answers = start_answering(
+        "benchmarks.loop_stall",
+        ["--shapes", ",".join(shapes), "--repeat", str(repeat)],
+        log_path,
+        env=child_env(home / "airflow-home", paths, conn),
+        cwd=home,
+    )
+    with watchdog(child, CHILD_LIMIT):
+        with answers:
             line = answers.readline()
         child.wait()
-    finally:
-        watchdog.cancel()
     if not line:
         raise RuntimeError(f"{kind}: the child gave no answer:\n{log_path.read_text()[-3000:]}")
     result: dict[str, Any] = json.loads(line)
-    if Path(paths[0]).resolve() not in Path(result["module"]).resolve().parents:
+    if not imported_from(paths[0], result["module"]):
         raise RuntimeError(f"{kind}: the child imported the provider from {result['module']}, not {paths[0]}")
     return {"kind": kind, **result}
 
@@ -267,23 +295,21 @@ def run(kinds: Sequence[str], shapes: Sequence[str], repeat: int) -> list[dict[s
         pass_fds=(answer_write,),
     )
     os.close(answer_write)
-    watchdog = threading.Timer(CHILD_LIMIT * (len(kinds) + 1), server.kill)
-    watchdog.start()
     try:
-        with os.fdopen(answer_read, "rb") as answers:
-            ready = answers.readline().decode().split(" ", 2)
-        if len(ready) != 3 or ready[0] != "READY":
-            raise RuntimeError(f"the reply server did not start ({ready!r})")
-        url, sizes = f"http://127.0.0.1:{ready[1]}/", json.loads(ready[2])
-        rows = []
-        with tempfile.TemporaryDirectory(prefix="banana-bench-stall-") as tmp:
-            for kind in kinds:
-                print(f"measuring {kind} ...", file=sys.stderr, flush=True)
-                for row in measure(kind, url, shapes, repeat, Path(tmp))["rows"]:
-                    rows.append({"kind": kind, "bytes": sizes.get(row["shape"], 0), "repeat": repeat, **row})
-        return rows
+        with watchdog(server, CHILD_LIMIT * (len(kinds) + 1)):
+            with os.fdopen(answer_read, "rb") as answers:
+                ready = answers.readline().decode().split(" ", 2)
+            if len(ready) != 3 or ready[0] != "READY":
+                raise RuntimeError(f"the reply server did not start ({ready!r})")
+            url, sizes = f"http://127.0.0.1:{ready[1]}/", json.loads(ready[2])
+            rows = []
+            with tempfile.TemporaryDirectory(prefix="banana-bench-stall-") as tmp:
+                for kind in kinds:
+                    print(f"measuring {kind} ...", file=sys.stderr, flush=True)
+                    for row in measure(kind, url, shapes, repeat, Path(tmp))["rows"]:
+                        rows.append({"kind": kind, "bytes": sizes.get(row["shape"], 0), "repeat": repeat, **row})
+            return rows
     finally:
-        watchdog.cancel()
         server.kill()
         server.wait()
 

@@ -95,3 +95,56 @@ class NaivePollTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         except Exception as e:
             yield TriggerEvent(error_event(self.call_id, e))
+
+
+class BareLongPollTrigger(BaseTrigger):
+    """The floor: long-poll one call with bare ``aiohttp`` requests on one shared session, nothing else.
+
+    What a trigger costs when it does only what the protocol needs: one session for every trigger
+    on the loop, the connection looked up once per process, a long-poll Check sent again until the
+    reply says ``success``, and the reply read with ``json.loads``. No retries, limits, deadlines,
+    masking, metrics or logs; never used by the provider. :class:`BananaCallTrigger` is measured
+    against it, as ``benchmarks/async_layers.py`` measures the hook against a bare session.
+
+    :param call_id: the callID from Start.
+    :param banana_conn_id: the Airflow connection to use.
+    """
+
+    _shared: dict[Any, Any] = {}  # the loop's session and its number of users; the process's url and key
+
+    def __init__(self, call_id: str, banana_conn_id: str = "banana_default") -> None:
+        super().__init__()
+        self.call_id = call_id
+        self.banana_conn_id = banana_conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the kwargs that rebuild this trigger."""
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {"call_id": self.call_id})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Long-poll until the call finishes; yield one event."""
+        import json
+
+        import aiohttp
+
+        shared = self._shared
+        if "url" not in shared:
+            conn = await BaseHook.aget_connection(self.banana_conn_id)
+            shared["url"], shared["key"] = endpoint_url(validate_base_url(conn.host), CHECK), conn.password
+        loop = asyncio.get_running_loop()
+        if shared.get("loop") is not loop:
+            shared.update(loop=loop, users=0, session=aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        shared["users"] += 1
+        try:
+            while True:
+                body = {"id": "x", "created": 1, "apiKey": shared["key"], "longPoll": True, "callID": self.call_id}
+                async with shared["session"].post(shared["url"], data=json.dumps(body).encode()) as response:
+                    reply = json.loads(await response.read())
+                if reply.get("message") == "success":
+                    yield TriggerEvent({"status": "success", "call_id": self.call_id, "message": "success"})
+                    return
+        finally:
+            shared["users"] -= 1
+            if not shared["users"]:
+                await shared.pop("session").close()
+                shared.pop("loop")

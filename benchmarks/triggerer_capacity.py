@@ -31,7 +31,9 @@ checkout; ``banana@REF`` is the same trigger as it was at git revision ``REF`` (
 package is extracted from git into a temporary directory and the child imports it from there), so
 that a change can be measured side by side with what it replaces, in one run and on one server;
 ``naive-5`` and ``naive-60`` are :class:`benchmarks.naive_trigger.NaivePollTrigger` at a 5 s and a
-60 s poll interval (a new client per Check, no long poll), the baselines.
+60 s poll interval (a new client per Check, no long poll), the baselines; ``aiohttp`` is
+:class:`benchmarks.naive_trigger.BareLongPollTrigger`, bare aiohttp long polls on one shared
+session and nothing else, the floor that a trigger's CPU per call is compared with.
 
 With ``--wave``, the finishes are placed to meet the first re-poll wave on purpose: the child
 builds its triggers at an instant the parent chose, so the first long polls end around
@@ -88,7 +90,7 @@ from benchmarks.harness import (
 #: The server's long-poll hold: the devserver's default and Banana's own, on both sides.
 CHECK_HOLD = 50.0
 #: Trigger kinds, in table order; ``banana@REF`` (see the module docstring) may be added.
-KINDS = ("banana", "naive-5", "naive-60")
+KINDS = ("banana", "aiohttp", "naive-5", "naive-60")
 #: The last revision whose async hook spoke httpx (one client per 16 hooks): the transport baseline.
 HTTPX_BASELINE = "banana@48c0240"
 _POLL_INTERVALS = {"naive-5": 5.0, "naive-60": 60.0}
@@ -122,6 +124,10 @@ def _make_trigger(kind: str, call_id: str, now: float) -> Any:
         from airflow_provider_banana.triggers.banana import BananaCallTrigger
 
         return BananaCallTrigger(call_id, "banana_default", deadline=now + 3600, started_at=now)
+    if kind == "aiohttp":
+        from benchmarks.naive_trigger import BareLongPollTrigger
+
+        return BareLongPollTrigger(call_id, "banana_default")
     from benchmarks.naive_trigger import NaivePollTrigger
 
     return NaivePollTrigger(call_id, "banana_default", deadline=now + 3600, poll_interval=_POLL_INTERVALS[kind])
@@ -469,11 +475,14 @@ def _watch_server(srv: Any, child: subprocess.Popen[bytes], first_finish: float)
 
 
 def report(results: Sequence[dict[str, Any]]) -> None:
-    """Print the results, one row per measurement, with ratios to the 5 s baseline of the same N.
+    """Print the results, one row per measurement, with ratios to the baselines of the same N.
+
+    The triggerer's CPU is compared with the ``aiohttp`` kind's (the floor), the Checks with ``naive-5``'s.
 
     :param results: what :func:`measure` returned.
     """
     baseline = {r["n"]: r for r in results if r["kind"] == "naive-5"}
+    floor = {r["n"]: r["cpu_seconds"] for r in results if r["kind"] == "aiohttp"}
     rows = []
     for r in results:
         n = r["n"]
@@ -488,6 +497,7 @@ def report(results: Sequence[dict[str, Any]]) -> None:
                 f"{r['completed']:,}",
                 f"{mem:.1f} KiB",
                 f"{r['cpu_seconds'] / n * 1e3:.2f} ms ({r['gc_cpu_seconds'] / max(r['cpu_seconds'], 1e-9):.0%} GC)",
+                f"{r['cpu_seconds'] / floor[n]:.2f}x" if n in floor else "-",
                 f"{r['server_cpu_seconds'] / n * 1e3:.2f} ms",
                 f"{req:.2f}",
                 fmt_ratio(base["check_requests"] / n, req) if base else "-",
@@ -505,6 +515,7 @@ def report(results: Sequence[dict[str, Any]]) -> None:
             "completed",
             "peak mem / trigger",
             "CPU / call (triggerer)",
+            "CPU vs bare aiohttp",
             "CPU / call (server)",
             "Checks / call",
             "fewer Checks than naive-5",

@@ -26,6 +26,8 @@ SHALLOW_DEPTH = 64
 
 # A JSON string, escapes included: brackets inside strings are text, not structure.
 _STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# The inside of a string, from just after its opening quote to just before its closing one.
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 # Keep only the brackets, opening ones as +1 and closing ones as -1 (as signed bytes).
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SIGNS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
@@ -60,6 +62,90 @@ def json_depth(document: bytes) -> int:
         document = document.decode(json.detect_encoding(document), "replace").encode()
     brackets = _STRINGS.sub(b"", document).translate(_SIGNS, _NOT_BRACKETS)
     return max(accumulate(memoryview(brackets).cast("b")), default=0)
+
+
+def json_depth_in_steps(document: bytes, step: int) -> int:
+    """
+    Return :func:`json_depth` of a UTF-8 document, computed a slice of ``step`` bytes at a time.
+
+    The same answer for every document, malformed ones included (it decides which error a body
+    that is both malformed and too deep gets), but no call holds the interpreter's lock for more
+    than a slice's worth of work: see :mod:`.stepwise`. A slice's complete strings go in one
+    ``re.sub``, as :func:`json_depth` removes them from the whole; a string the slice's end cuts is
+    followed a slice at a time to its closing quote. One that never closes is what the whole
+    ``re.sub`` leaves too: nothing after its quote is a string (any later quote is one of its
+    escaped ones), so from there on every bracket counts.
+
+    :param document: the document's bytes, in UTF-8 (a byte-order mark allowed). Transcoding UTF-8
+        to UTF-8, as :func:`json_depth` does for a document with a NUL byte near its start, changes
+        no quote, backslash or bracket, so it is skipped.
+    :param step: bytes one call may look through.
+    """
+    size = len(document)
+    opening = sum(
+        document.count(b"[", start, start + step) + document.count(b"{", start, start + step)
+        for start in range(0, size, step)
+    )
+    if opening <= SHALLOW_DEPTH:
+        return opening
+    counter = _BracketCounter()
+    start = 0
+    while start < size:
+        piece = document[start : start + step]
+        kept = _STRINGS.sub(b"", piece)
+        quote = kept.find(b'"')
+        if quote == -1:
+            counter.add(kept)
+            start += len(piece)
+            continue
+        # A string this slice does not close: what follows its quote is the slice's tail, untouched.
+        counter.add(kept[:quote])
+        opened = start + len(piece) - (len(kept) - quote)
+        closed = _closing_quote(document, opened + 1, step)
+        if closed is None:
+            for rest in range(opened + 1, size, step):
+                counter.add(document[rest : rest + step])
+            break
+        start = closed + 1
+    return counter.deepest
+
+
+def _closing_quote(document: bytes, start: int, step: int) -> int | None:
+    # The index of the quote that closes a string whose inside starts at ``start``, or None if it
+    # runs to the end. A slice's end may split an escape: the match then stops before its backslash.
+    size = len(document)
+    while True:
+        # At least two bytes, so that an escape at the slice's start always fits.
+        end = _STRING_BODY.match(document, start, min(start + max(step, 2), size)).end()  # type: ignore[union-attr]
+        if end >= size or (end == size - 1 and document[end] == ord("\\")):
+            return None
+        if document[end] == ord('"'):
+            return end
+        start = end
+
+
+class _BracketCounter:
+    """The running sum of brackets (+1 opening, -1 closing) and its largest value, as json_depth has it."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.highest: int | None = None
+
+    def add(self, piece: bytes) -> None:
+        """Count the brackets of a piece of the document outside strings."""
+        signs = memoryview(piece.translate(_SIGNS, _NOT_BRACKETS)).cast("b")
+        if not len(signs):
+            return
+        if self.highest is None:  # the level before the first bracket (0) is not a depth reached
+            self.highest = max(accumulate(signs))
+        else:  # initial=: the level this piece starts from, which the piece before reached already
+            self.highest = max(self.highest, max(accumulate(signs, initial=self.level)))
+        self.level += sum(signs)
+
+    @property
+    def deepest(self) -> int:
+        """The depth, as :func:`json_depth` gives it (0 without brackets)."""
+        return 0 if self.highest is None else self.highest
 
 
 def load_json(document: bytes, **kwargs: Any) -> Any:

@@ -9,22 +9,33 @@ a larger array or object element by element, a larger string a window at a time.
 lock for more than a window's worth of work (a few milliseconds), and Python switches threads
 between two calls.
 
-The result is exactly what ``json.loads`` gives: the leaves come from the same C scanner, containers
-are filled in document order (a repeated key keeps its last value, as there), and a body this path
-cannot take, or finds malformed, is handed to :func:`.depth.load_json` whole, which then gives its
-own result or raises its own error. :func:`dumps_in_steps` is the same for ``json.dumps``.
+The result is exactly what :func:`.depth.load_json` gives: the leaves come from the same C scanner,
+containers are filled in document order (a repeated key keeps its last value, as there). A body that
+is not JSON, or nests too deep, gets the same error too, found in steps as well: the depth with
+:func:`.depth.json_depth_in_steps`; a bad string's error from the C scanner run on its piece; any
+other from the C scanner run on a short text that puts it where the walk stopped (:class:`_Probe`);
+bytes that are not UTF-8 from the decoder's slice. Only a body in another encoding than UTF-8 is
+handed to ``load_json`` whole. :func:`dumps_in_steps` is the same for ``json.dumps``.
 """
 
 from __future__ import annotations
 
 import codecs
+import concurrent.futures
 import json
 import re
 from collections.abc import Callable
 from json.decoder import scanstring  # type: ignore[attr-defined]  # public in CPython, not in typeshed
 from typing import Any
 
-from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, load_json, value_depth
+from airflow_provider_banana.contract.depth import (
+    MAX_JSON_DEPTH,
+    SHALLOW_DEPTH,
+    JsonTooDeepError,
+    json_depth_in_steps,
+    load_json,
+    value_depth,
+)
 
 #: Characters one C call may parse: a few milliseconds of work, the longest a step holds the GIL.
 STEP = 128 * 1024
@@ -42,6 +53,22 @@ class _NotStepwise(Exception):
     """The body is not one this path takes: :func:`.depth.load_json` parses it whole."""
 
 
+class _Refused(Exception):
+    """
+    The body is malformed or nests too deep: :func:`loads_in_steps` then raises what ``load_json`` would.
+
+    :param error: the error ``json.loads`` raises for the body, or how to make it: ``(message, index)``
+        of a ``JSONDecodeError``, or a :class:`_Probe` to run; ``None`` when the body nests too deep.
+    :param built: a value the walk completed before it stopped (the document's, before extra data).
+    """
+
+    def __init__(self, error: BaseException | tuple[str, int] | _Probe | None, built: Any = None) -> None:
+        super().__init__()
+        self.error = error
+        #: Values the walk had built, besides its open containers: freed a piece at a time.
+        self.built: list[Any] = [] if built is None else [built]
+
+
 def loads_in_steps(
     raw: bytes,
     *,
@@ -52,11 +79,14 @@ def loads_in_steps(
     """
     Return what :func:`.depth.load_json` returns for ``raw``, computed in short steps.
 
-    That is ``json.loads(raw, ...)`` for a document nested at most :data:`.MAX_JSON_DEPTH` deep;
-    a deeper one, or one that is not JSON, goes to :func:`.depth.load_json` whole, which raises.
+    That is ``json.loads(raw, ...)`` for a document nested at most :data:`.MAX_JSON_DEPTH` deep, and
+    the same errors as ``load_json`` for any other: :class:`.JsonTooDeepError` (with the depth
+    :func:`.depth.json_depth` gives, whether or not the body is JSON), else the ``JSONDecodeError``
+    or ``UnicodeDecodeError`` of ``json.loads``, message and position included. Those are worked
+    out in steps too: a malformed body costs no more GIL at a time than a valid one.
 
     :param raw: the JSON document, as bytes (UTF-8, with or without a byte-order mark, as
-        ``json.loads`` detects it; other encodings are parsed by ``json.loads`` in one call).
+        ``json.loads`` detects it; other encodings are parsed by ``load_json`` in one call).
     :param parse_int: as for ``json.loads``.
     :param parse_constant: as for ``json.loads`` (``NaN``, ``Infinity``, ``-Infinity``).
     :param step: characters one C call may parse (tests make it small to take every path).
@@ -64,31 +94,220 @@ def loads_in_steps(
         (``JsonTooDeepError``, ``JSONDecodeError``, ``UnicodeDecodeError``).
     """
     decoder = json.JSONDecoder(parse_int=parse_int, parse_constant=parse_constant)
+    step = max(step, 64)
+    text = ""
+    steps = None
     try:
-        return _Steps(_decode(raw, step), decoder, max(step, 64)).document()
+        text = _decode(raw, step)
+        steps = _Steps(text, decoder, step)
+        return steps.document()
+    except _Refused as refused:
+        error = refused.error
+        built = refused.built
     except (_NotStepwise, ValueError, IndexError, StopIteration, RecursionError):
-        # Whatever stopped the steps (a malformed body, an encoding other than UTF-8, nesting near
-        # the limit, an input this path does not cut well), load_json decides, in one call: its
-        # result or its own error, never ours. Rare, and for malformed bodies only slow, not wrong.
+        # An encoding other than UTF-8, or (a bug) an input this path does not take as it should:
+        # load_json decides, in one call: its result or its own error, never ours.
         return load_json(raw, parse_int=parse_int, parse_constant=parse_constant)
+    # What the walk built before it stopped (a million records, maybe): freed in one call, it would
+    # hold the GIL as long as the parse of a step thousands of times over.
+    if steps is not None:
+        built.extend(frame.container for frame in steps.frames)
+        steps.frames.clear()
+    _release(built)
+    # As load_json: the depth first, measured over the whole body whatever its errors.
+    depth = json_depth_in_steps(raw, step)
+    if depth > MAX_JSON_DEPTH:
+        raise JsonTooDeepError(depth) from None
+    try:
+        failure = _error(error, text, depth)
+    except _NotStepwise:  # the probe parsed where the walk did not (a bug): load_json decides
+        return load_json(raw, parse_int=parse_int, parse_constant=parse_constant)
+    raise failure
+
+
+def _error(error: BaseException | tuple[str, int] | _Probe | None, text: str, depth: int) -> BaseException:
+    # The error json.loads raises for a body ``depth`` deep (at most MAX_JSON_DEPTH) the walk refused.
+    if isinstance(error, _Probe):
+        # Shallow, the parser runs on the caller's stack as in load_json; deeper, on a fresh thread's.
+        if depth <= SHALLOW_DEPTH:
+            error = error.run()
+        else:
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banana-json") as pool:
+                error = pool.submit(error.run).result()
+    if isinstance(error, tuple):
+        return _decode_error(error[0], text, error[1])
+    if error is None:  # too deep by the walk, not by json_depth: cannot be
+        raise _NotStepwise("too deep by the walk only")
+    return error
+
+
+class _Lines:
+    """
+    A document as ``JSONDecodeError`` reads it to give an index's line and column, a step at a time.
+
+    It counts the newlines before the index and finds the last one: two calls over up to 64 MiB
+    of text otherwise, tens of milliseconds each with the GIL held.
+
+    :param text: the document.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def count(self, newline: str, start: int, end: int) -> int:
+        """Return ``text.count(newline, start, end)`` for a one-character ``newline``."""
+        return sum(self.text.count(newline, at, min(at + STEP, end)) for at in range(start, end, STEP))
+
+    def rfind(self, newline: str, start: int, end: int) -> int:
+        """Return ``text.rfind(newline, start, end)`` for a one-character ``newline``."""
+        for stop in range(end, start, -STEP):
+            found = self.text.rfind(newline, max(start, stop - STEP), stop)
+            if found != -1:
+                return found
+        return -1
+
+
+def _decode_error(message: str, text: str, index: int) -> json.JSONDecodeError:
+    # json.JSONDecodeError(message, text, index), its line and column counted a step at a time.
+    try:
+        error = json.JSONDecodeError(message, _Lines(text), index)  # type: ignore[arg-type]
+    except (AttributeError, TypeError):  # a Python whose JSONDecodeError reads the text otherwise
+        return json.JSONDecodeError(message, text, index)
+    error.doc = text
+    return error
+
+
+#: Elements of a container freed in one call.
+_RELEASE_STEP = 4096
+
+
+def _release(values: list[Any]) -> None:
+    """Empty ``values``, freeing what it holds a batch of elements at a time (the largest: a million)."""
+    # Depth first, containers emptied from the end: a batch's small elements go with it, its large
+    # ones are emptied the same way first. Nothing else holds them: the walk built them.
+    stack = values
+    while stack:
+        container = stack[-1]
+        if isinstance(container, dict):
+            stack[-1] = list(container.values())
+            container.clear()
+            continue
+        if not isinstance(container, list) or not container:
+            stack.pop()
+            continue
+        batch = container[-_RELEASE_STEP:]
+        del container[-_RELEASE_STEP:]
+        stack.extend(item for item in batch if isinstance(item, (list, dict)) and len(item) > _RELEASE_STEP // 8)
+        del batch
 
 
 def _decode(raw: bytes, step: int) -> str:
     encoding = json.detect_encoding(raw)
     if encoding not in ("utf-8", "utf-8-sig"):
         raise _NotStepwise(encoding)
-    # As json.loads decodes bytes: surrogatepass, and a UTF-8 byte-order mark dropped.
-    decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")
+    # As json.loads decodes bytes: surrogatepass, and a UTF-8 byte-order mark dropped (the codec then
+    # decodes what follows it, and an error's positions count from there).
+    first = 3 if encoding == "utf-8-sig" else 0
     view = memoryview(raw)
     size = max(step, _DECODE_STEP)
-    parts = [decoder.decode(view[i : i + size]) for i in range(0, len(raw), size)]
-    parts.append(decoder.decode(b"", final=True))
+    parts = []
+    at = first
+    while at < len(raw):
+        end = min(at + size, len(raw))
+        try:
+            # A sequence the slice's end cuts is left for the next slice (final=False).
+            part, used = codecs.utf_8_decode(view[at:end], "surrogatepass", end == len(raw))
+        except UnicodeDecodeError as e:
+            whole = raw[first:] if first else raw
+            error = UnicodeDecodeError("utf-8", whole, e.start + at - first, e.end + at - first, e.reason)
+            raise _Refused(error) from None
+        parts.append(part)
+        at += used
     return "".join(parts)
+
+
+class _Frame:
+    """
+    An array or object the walk is inside: what it holds so far, and where a parser could resume it.
+
+    :param container: the list or dict being filled.
+    :param resume: the index just after its opening bracket, later just after its last element.
+    """
+
+    __slots__ = ("container", "fresh", "key", "resume")
+
+    def __init__(self, container: list[Any] | dict[str, Any], resume: int) -> None:
+        self.container = container
+        self.resume = resume
+        self.fresh = True  # no element yet
+        self.key = ""  # an object's key whose value comes next
+
+
+class _Probe:
+    """
+    Find the error ``json.loads`` gives for a body the walk found malformed, from a short text.
+
+    The C parser (whose messages differ between Python versions) decides, not us: it parses a text
+    that puts it in the state it would be in at the innermost open container's ``resume`` index (an
+    opening bracket for each container around, then ``null`` for an element already read), followed
+    by the body's own text from there to a little past where the walk stopped. Errors come at the
+    same indices, shifted; the text is made longer if the error might depend on where it was cut.
+
+    :param text: the whole document.
+    :param scan: the C scanner.
+    :param frames: the containers open where the walk stopped, outermost first.
+    :param at: where the walk stopped.
+    """
+
+    def __init__(self, text: str, scan: Callable[[str, int], tuple[Any, int]], frames: list[_Frame], at: int) -> None:
+        self.text = text
+        self.scan = scan
+        opening = ["[" if isinstance(frame.container, list) else '{"":' for frame in frames[:-1]]
+        if frames:
+            last = frames[-1]
+            is_list = isinstance(last.container, list)
+            opening.append(("[" if is_list else "{") if last.fresh else ("[null" if is_list else '{"":null'))
+            self.resume = last.resume
+        else:
+            self.resume = at  # the document's value: json.loads starts scanning where it starts
+        self.prefix = "".join(opening)
+        self.at = at
+
+    def run(self) -> BaseException | tuple[str, int]:
+        """Return the error, or (message, index) of a ``JSONDecodeError``."""
+        text, shift = self.text, self.resume - len(self.prefix)
+        margin = 4096
+        while True:
+            end = min(len(text), self.at + margin)
+            whole = end == len(text)
+            probe = self.prefix + text[self.resume : end]
+            try:
+                self.scan(probe, 0)
+            except StopIteration as stop:  # what JSONDecoder.raw_decode makes of it
+                message, index = "Expecting value", stop.value + shift
+            except json.JSONDecodeError as e:
+                message, index = e.msg, e.pos + shift
+            except (ValueError, RecursionError) as e:  # parse_int's own error, say: a cut number may change it
+                if whole:
+                    return e
+                message, index = "", end
+            else:
+                if whole:  # parsed where the walk did not: a bug, load_json decides
+                    raise _NotStepwise("the probe parsed")
+                message, index = "", end
+            # Errors come within a few characters of where the parser stopped reading, except an
+            # unterminated string's, which it reports where the string began.
+            if whole or (index + 64 < end and message != "Unterminated string starting at"):
+                return message, index
+            margin *= 4
 
 
 class _Steps:
     """
     Walk one document: small values in one C call each, large containers and strings in pieces.
+
+    The walk keeps its open containers on a list of its own, not on Python's stack: a document
+    nested up to :data:`.MAX_JSON_DEPTH` deep needs no recursion, whatever the caller's stack.
 
     :param text: the document.
     :param decoder: gives the C scanner (``scan_once``) its ``parse_int`` and ``parse_constant``.
@@ -104,14 +323,84 @@ class _Steps:
         # C scanner never sees (and never scans to the end of) more than a step's worth of text.
         self.window = ""
         self.window_start = 0
+        self.frames: list[_Frame] = []
+
+    def malformed(self, at: int) -> _Refused:
+        """Return the refusal of a body found malformed at ``at``: a probe decides the error."""
+        return _Refused(_Probe(self.text, self.scan, self.frames, at))
 
     def document(self) -> Any:
-        """Return the document's value; raise if anything but whitespace follows it."""
+        """Return the document's value; refuse a document that is not JSON or nests too deep."""
+        text = self.text
+        size = len(text)
+        frames = self.frames
         i = self.skip(0)
-        value, i = self.value(i, 0)
-        if self.skip(i) != len(self.text):
-            raise _NotStepwise("extra data")
-        return value
+        while True:
+            # A value starts at i: small, in one call; an array or object, opened; a long string, in pieces.
+            found = self.small(i)
+            if found is not None:
+                self.check_depth(found, i, len(frames))
+                value, i = found
+            else:
+                first = text[i] if i < size else ""
+                if first == "[" or first == "{":
+                    if len(frames) >= MAX_JSON_DEPTH:
+                        raise _Refused(None)
+                    frame = _Frame([] if first == "[" else {}, i + 1)
+                    frames.append(frame)
+                    i = self.skip(i + 1)
+                    if i >= size or text[i] != ("]" if first == "[" else "}"):
+                        if first == "{":
+                            i = self.key(frame, i)
+                        continue  # to the first element, at i
+                    frames.pop()
+                    value, i = frame.container, i + 1
+                elif first == '"':
+                    value, i = self.string(i + 1)
+                else:
+                    # A number or literal longer than a step: nothing to cut it at, so one call.
+                    try:
+                        value, i = self.scan(text, i)
+                    except (StopIteration, ValueError, RecursionError):
+                        raise self.malformed(i) from None
+            # The value ends at i: it goes into the innermost open container, which may then close.
+            while frames:
+                frame = frames[-1]
+                container = frame.container
+                if isinstance(container, list):
+                    container.append(value)
+                else:
+                    container[frame.key] = value
+                frame.resume, frame.fresh = i, False
+                i = self.skip(i)
+                separator = text[i] if i < size else ""
+                if separator == ",":
+                    i = self.skip(i + 1)
+                    if isinstance(container, dict):
+                        i = self.key(frame, i)
+                    break  # to the next element, at i
+                if separator != ("]" if isinstance(container, list) else "}"):
+                    raise self.malformed(i)
+                frames.pop()
+                value, i = container, i + 1
+            else:
+                end = self.skip(i)
+                if end != size:
+                    raise _Refused(("Extra data", end), value)  # as JSONDecoder.decode says it
+                return value
+
+    def key(self, frame: _Frame, i: int) -> int:
+        """Read an object's key at ``i`` and the colon after it; return where its value starts."""
+        text = self.text
+        if i >= len(text) or text[i] != '"':
+            raise self.malformed(i)
+        found = self.small(i)
+        key, i = found if found is not None else self.string(i + 1)
+        i = self.skip(i)
+        if i >= len(text) or text[i] != ":":
+            raise self.malformed(i)
+        frame.key = key
+        return self.skip(i + 1)
 
     def skip(self, i: int) -> int:
         """Return the index of the first non-whitespace character at or after ``i``."""
@@ -124,29 +413,6 @@ class _Steps:
             if end < i + self.step or end >= len(text):
                 return end
             i = end
-
-    def value(self, i: int, depth: int) -> tuple[Any, int]:
-        """Return the value at ``i`` and the index just after it.
-
-        :param i: where the value starts.
-        :param depth: the arrays and objects around it; past :data:`.MAX_JSON_DEPTH` in all, the
-            document goes to :func:`.depth.load_json`, which refuses it as it would have anyway.
-        """
-        found = self.small(i)
-        if found is not None:
-            self.check_depth(found, i, depth)
-            return found
-        first = self.text[i]
-        if first in "[{" and depth >= MAX_JSON_DEPTH:
-            raise _NotStepwise("too deep")
-        if first == "[":
-            return self.array(i + 1, depth + 1)
-        if first == "{":
-            return self.object(i + 1, depth + 1)
-        if first == '"':
-            return self.string(i + 1)
-        # A number or literal longer than a step: nothing to cut it at, so one call.
-        return self.scan(self.text, i)
 
     def small(self, i: int) -> tuple[Any, int] | None:
         """Return the value at ``i`` if it fits in a window, else ``None``."""
@@ -176,74 +442,60 @@ class _Steps:
             self.window, self.window_start, offset, fresh = text[i : i + self.step], i, 0, True
 
     def check_depth(self, found: tuple[Any, int], i: int, depth: int) -> None:
-        """Raise if a value parsed in one call takes the document past :data:`.MAX_JSON_DEPTH`."""
+        """Refuse a document that a value parsed in one call takes past :data:`.MAX_JSON_DEPTH`."""
         text = self.text
         end = found[1]
         # Its opening brackets (those in strings too) bound its depth: exact only when that is close.
         brackets = text.count("[", i, end) + text.count("{", i, end)
         if depth + brackets > MAX_JSON_DEPTH and depth + value_depth(found[0], limit=MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-            raise _NotStepwise("too deep")
-
-    def array(self, i: int, depth: int) -> tuple[list[Any], int]:
-        """Return the array whose ``[`` is just before ``i``, element by element."""
-        text = self.text
-        items: list[Any] = []
-        i = self.skip(i)
-        if text[i] == "]":
-            return items, i + 1
-        while True:
-            item, i = self.value(i, depth)
-            items.append(item)
-            i = self.skip(i)
-            separator = text[i]
-            if separator == "]":
-                return items, i + 1
-            if separator != ",":
-                raise _NotStepwise("expected , or ]")
-            i = self.skip(i + 1)
-
-    def object(self, i: int, depth: int) -> tuple[dict[str, Any], int]:
-        """Return the object whose ``{`` is just before ``i``, member by member."""
-        text = self.text
-        members: dict[str, Any] = {}
-        i = self.skip(i)
-        if text[i] == "}":
-            return members, i + 1
-        while True:
-            if text[i] != '"':
-                raise _NotStepwise("expected a key")
-            key, i = self.value(i, depth)
-            i = self.skip(i)
-            if text[i] != ":":
-                raise _NotStepwise("expected :")
-            members[key], i = self.value(self.skip(i + 1), depth)
-            i = self.skip(i)
-            separator = text[i]
-            if separator == "}":
-                return members, i + 1
-            if separator != ",":
-                raise _NotStepwise("expected , or }")
-            i = self.skip(i + 1)
+            raise _Refused(None)
 
     def string(self, start: int) -> tuple[str, int]:
         """Return the string whose opening quote is just before ``start``, a window at a time."""
         text = self.text
+        quote = start - 1
         pieces: list[str] = []
         while True:
             cut = self.cut(start)
             if cut is None:  # no safe place to cut (a long run of backslashes): the rest in one call
-                rest, end = scanstring(text, start, True)
+                try:
+                    rest, end = scanstring(text, start, True)
+                except ValueError:
+                    raise self.string_error(quote, start, len(text)) from None
                 pieces.append(rest)
                 return "".join(pieces), end
             # The piece, closed with a quote of ours: cut between two whole escapes, it decodes to
             # exactly what it contributes to the string. A quote of the text ends the string sooner.
-            piece, end = scanstring(text[start:cut] + '"', 0, True)
+            try:
+                piece, end = scanstring(text[start:cut] + '"', 0, True)
+            except ValueError:
+                raise self.string_error(quote, start, cut) from None
             pieces.append(piece)
             if end <= cut - start:
                 return "".join(pieces), start + end
-            if cut >= len(text):
-                raise _NotStepwise("unterminated string")
+            if cut >= len(text):  # our quote ended it: the text's own never came
+                raise self.string_error(quote, start, cut)
             start = cut
+
+    def string_error(self, quote: int, start: int, cut: int) -> _Refused:
+        """
+        Return the refusal of a string found malformed in its piece from ``start`` to ``cut``.
+
+        The C scanner, run on the text from ``start`` (a cut between escapes) to a little past
+        ``cut``, stops at the same error as on the whole text: that is json.loads' error, but for
+        where it says an unterminated string starts, which is the string's quote, not ``start - 1``.
+        """
+        text = self.text
+        # Past the cut: the most an escape at the piece's end looks ahead (a surrogate pair's second half).
+        end = len(text) if cut + 16 >= len(text) else cut + 16
+        try:
+            scanstring(text[start:end], 0, True)
+        except json.JSONDecodeError as e:
+            if e.msg != "Unterminated string starting at":
+                return _Refused((e.msg, e.pos + start))
+            if end == len(text):
+                return _Refused((e.msg, quote))
+        raise _NotStepwise("the string scanned otherwise")  # a bug: load_json decides
 
     def cut(self, start: int) -> int | None:
         """Return where to end the next piece of a string begun (or last cut) at ``start``."""
