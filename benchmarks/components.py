@@ -426,7 +426,7 @@ def started(home: Path, env: Mapping[str, str], api_url: str, dag_ids: list[str]
     stack = AirflowComponents(home, dict(env), api_url)
     stack.log_dir.mkdir(parents=True, exist_ok=True)
     # The components wait for a migrated database but never create one.
-    stack.run("db", "migrate")
+    stack.run("db", "migrate", timeout=600)  # PostgreSQL on a loaded machine: minutes
     try:
         stack.start("api-server")
         # Task and trigger logs are read from disk here: the log servers would only take two ports.
@@ -559,3 +559,88 @@ def _pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
+
+
+# -- a throwaway PostgreSQL cluster --------------------------------------------------------------------
+
+
+def postgres_bin() -> Path | None:
+    """Return the newest Debian PostgreSQL ``bin`` folder holding ``initdb`` and ``pg_ctl``, or None."""
+    found = [
+        d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "initdb").exists() and (d / "pg_ctl").exists()
+    ]
+    # The folder names are major versions: sort 9 before 15 as numbers, not as text.
+    found.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
+    return found[-1] if found else None
+
+
+@dataclass
+class PostgresCluster:
+    """A PostgreSQL cluster of our own on 127.0.0.1, with one database its trusted user owns.
+
+    :param bin_dir: the folder of PostgreSQL's programs.
+    :param data: the cluster's data folder.
+    :param port: the TCP port it listens on (127.0.0.1 only).
+    """
+
+    bin_dir: Path
+    data: Path
+    port: int
+    user: str = "airflow"
+    dbname: str = "airflow"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL for ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (psycopg2; Airflow derives its asyncpg one)."""
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{self.dbname}"
+
+    def connect(self) -> Any:
+        """Return a new autocommit psycopg2 connection to the database (psycopg2 is imported here, when needed)."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, dbname=self.dbname, user=self.user)
+        conn.autocommit = True
+        return conn
+
+
+@contextlib.contextmanager
+def postgres_cluster(workdir: Path, bin_dir: Path | None = None) -> Iterator[PostgresCluster]:
+    """Create and start a throwaway PostgreSQL cluster in ``workdir/pg``; stop it after (the files stay).
+
+    As root, the cluster belongs to the ``postgres`` user (made if missing): PostgreSQL refuses to
+    run as root. Trust authentication, on 127.0.0.1 only, as ``scripts/test-production.sh`` does.
+
+    :param workdir: a scratch directory.
+    :param bin_dir: PostgreSQL's programs; by default the newest of Debian's (:func:`postgres_bin`).
+    :raises RuntimeError: if no PostgreSQL is installed, or the cluster does not start.
+    """
+    bin_dir = bin_dir or postgres_bin()
+    if bin_dir is None:
+        raise RuntimeError("no PostgreSQL under /usr/lib/postgresql/*/bin: apt-get install postgresql")
+    pg_dir = workdir / "pg"
+    pg_dir.mkdir(parents=True)
+    as_pg: list[str] = []
+    if os.geteuid() == 0:
+        if subprocess.run(["id", "postgres"], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["useradd", "--system", "--no-create-home", "postgres"], check=True)
+        os.chmod(workdir, 0o755)
+        subprocess.run(["chown", "postgres", str(pg_dir)], check=True)
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    cluster = PostgresCluster(bin_dir, pg_dir / "data", free_port())
+
+    def pg(program: str, *args: str, timeout: float = 120.0) -> None:
+        log = workdir / f"pg-{program}.log"
+        if run_logged([*as_pg, str(bin_dir / program), *args], log, env=os.environ, cwd=workdir, timeout=timeout) != 0:
+            raise RuntimeError(f"{program} failed:\n{tail(log)}\n{tail(pg_dir / 'postgres.log')}")
+
+    pg("initdb", "-D", str(cluster.data), "-U", cluster.user, "--auth=trust", "-E", "UTF8", "--no-locale")
+    opts = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -c unix_socket_directories={pg_dir}"
+    try:
+        pg("pg_ctl", "-D", str(cluster.data), "-l", str(pg_dir / "postgres.log"), "-w", "-t", "60", "start", "-o", opts)
+        pg("createdb", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", cluster.user, cluster.dbname)
+        yield cluster
+    finally:
+        try:
+            pg("pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "-t", "60", "stop")
+        except RuntimeError:
+            pg("pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "-t", "30", "stop")
