@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import socket
@@ -320,12 +321,37 @@ async def start_sleep_calls(host: str, port: int, untils: Sequence[float], concu
         await poster.aclose()
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    # The range the kernel picks outgoing connections' local ports from (Linux's default otherwise).
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now, outside the ephemeral range.
+
+    Not one the kernel would hand out: a port from its ephemeral range can be taken, between this
+    call and the server's bind, by any outgoing connection of any process (the suite's shards open
+    thousands), and the server then fails with "address already in use".
+    """
+    low, high = _ephemeral_ports()
+    candidates = [port for port in range(10_000, 30_000) if not low <= port <= high]
+    # SystemRandom: a test that seeds the random module (Hypothesis does) must not make every shard
+    # try the same ports in the same order.
+    for port in random.SystemRandom().sample(candidates, min(len(candidates), 200)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # listened on, or lingering after a close: another one
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded machine: any free port
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 # ---------------------------------------------------------------------------------------------------------
