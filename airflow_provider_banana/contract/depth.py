@@ -10,10 +10,14 @@ iteratively, and anything deeper than :data:`MAX_JSON_DEPTH` is refused whatever
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import re
+from collections.abc import Callable
 from itertools import accumulate
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: The deepest nesting of arrays and objects accepted in a reply or in ``model_inputs``. Far past
 #: any real model's inputs or outputs, and well inside the default recursion limit (1000), which
@@ -160,11 +164,24 @@ def load_json(document: bytes, **kwargs: Any) -> Any:
     depth = json_depth(document)
     if depth > MAX_JSON_DEPTH:
         raise JsonTooDeepError(depth)
+    return on_stack_for(depth, functools.partial(json.loads, document, **kwargs))
+
+
+def on_stack_for(depth: int, parse: Callable[[], T]) -> T:
+    """
+    Run ``parse`` (a recursive parse of a document ``depth`` deep) where its depth cannot matter.
+
+    At most :data:`SHALLOW_DEPTH` deep, on the caller's stack; deeper (up to the limit), on a fresh
+    thread's, so that how deep the caller's own stack already is cannot change the outcome.
+
+    :param depth: how deeply the document nests (:func:`json_depth`).
+    :param parse: the parse, its result or its error passed on.
+    """
     if depth <= SHALLOW_DEPTH:
-        return json.loads(document, **kwargs)
+        return parse()
     # Rare (real replies nest a few levels): a thread costs ~0.1 ms, and its stack starts empty.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banana-json") as pool:
-        return pool.submit(json.loads, document, **kwargs).result()
+        return pool.submit(parse).result()
 
 
 def value_depth(value: Any, *, limit: int = MAX_JSON_DEPTH) -> int:

@@ -21,7 +21,6 @@ handed to ``load_json`` whole. :func:`dumps_in_steps` is the same for ``json.dum
 from __future__ import annotations
 
 import codecs
-import concurrent.futures
 import json
 import re
 from collections.abc import Callable
@@ -30,10 +29,10 @@ from typing import Any
 
 from airflow_provider_banana.contract.depth import (
     MAX_JSON_DEPTH,
-    SHALLOW_DEPTH,
     JsonTooDeepError,
     json_depth_in_steps,
     load_json,
+    on_stack_for,
     value_depth,
 )
 
@@ -128,12 +127,7 @@ def loads_in_steps(
 def _error(error: BaseException | tuple[str, int] | _Probe | None, text: str, depth: int) -> BaseException:
     # The error json.loads raises for a body ``depth`` deep (at most MAX_JSON_DEPTH) the walk refused.
     if isinstance(error, _Probe):
-        # Shallow, the parser runs on the caller's stack as in load_json; deeper, on a fresh thread's.
-        if depth <= SHALLOW_DEPTH:
-            error = error.run()
-        else:
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="banana-json") as pool:
-                error = pool.submit(error.run).result()
+        error = on_stack_for(depth, error.run)  # where load_json would have run the parser
     if isinstance(error, tuple):
         return _decode_error(error[0], text, error[1])
     if error is None:  # too deep by the walk, not by json_depth: cannot be
