@@ -19,8 +19,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from airflow_provider_banana.contract import CHECK, parse_reply, validate_model_inputs
+from airflow_provider_banana.contract import (
+    CHECK,
+    framing_problem,
+    framing_problem_of_raw,
+    parse_reply,
+    validate_model_inputs,
+)
 from airflow_provider_banana.contract.depth import MAX_JSON_DEPTH, json_depth, value_depth
 from airflow_provider_banana.exceptions import (
     BananaConfigError,
@@ -324,6 +332,52 @@ class TestJunkFraming:
                 result = asyncio.run(run())
             assert gateway.count("/check") == 2
         assert result.model_outputs == OUTPUTS
+
+
+_NAMES = st.sampled_from(
+    [
+        b"Content-Length",
+        b"content-length",
+        b"CONTENT-LENGTH",
+        b"Transfer-Encoding",
+        b"transfer-encoding",
+        b"Content-Type",
+        b"X-Y",
+        b"Content-Length ",
+        b"X\xe9",
+        b"",
+        b"Content-Lengt",
+        b"a b",
+    ]
+)
+_VALUES = st.sampled_from(
+    [
+        b"12",
+        b" 12 ",
+        b"12, 12",
+        b"1 2",
+        b"",
+        b"\xb2",
+        b"\xa012",
+        b"\x0b12",
+        b"chunked",
+        b" CHUNKED ",
+        b"gzip, chunked",
+        b"chunked,",
+        b"a\r\nb",
+        b"x\ny",
+        b"\xa0chunked",
+        b"text/json",
+    ]
+)
+
+
+@given(head=st.lists(st.tuples(_NAMES, _VALUES), max_size=5))
+@settings(max_examples=500, deadline=None)
+def test_the_raw_head_check_decides_as_the_decoded_one(head: list[tuple[bytes, bytes]]) -> None:
+    """The async half checks the bytes of each head (fast for the usual one) and must agree with the rule."""
+    decoded = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in head]
+    assert framing_problem_of_raw(head) == framing_problem(decoded)
 
 
 # ---------------------------------------------------------------------------------------------------------

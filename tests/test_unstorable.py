@@ -22,12 +22,15 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import JsonValue, TypeAdapter
 
 from airflow_provider_banana.batch.plan import BatchPlan, Wave
 from airflow_provider_banana.contract import (
     MAX_OUTPUT_DEPTH,
     EventStatus,
+    canonical_outputs,
     check_storable,
     error_event,
     outputs_from_event,
@@ -113,6 +116,34 @@ def test_storable_outputs_pass_untouched() -> None:
     assert unstorable_values(outputs) == []
     check_storable(outputs)
     assert json.dumps(outputs) == before
+
+
+# Values near each limit: lone surrogates among text, integers around the 64-bit edges (and floats
+# and strings whose digits look like them), nesting around MAX_OUTPUT_DEPTH.
+_EDGE_INTS = st.sampled_from([2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, -(10**19), 10**30]) | st.integers()
+_EDGE_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=8) | st.sampled_from(
+    ["\ud800", "a\udfffb", "18446744073709551616", "-9223372036854775809", "[[[{"]
+)
+_LEAVES = st.none() | st.booleans() | _EDGE_INTS | st.floats(allow_nan=True) | _EDGE_TEXT
+_VALUES = st.recursive(
+    _LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_EDGE_TEXT, inner, max_size=4), max_leaves=12
+)
+
+
+@given(value=_VALUES, extra_depth=st.sampled_from([0, 0, MAX_OUTPUT_DEPTH - 6, MAX_OUTPUT_DEPTH - 2]))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_glance_at_small_outputs_decides_as_the_walk(value: Any, extra_depth: int) -> None:
+    """The trigger's event path clears small outputs by their bytes; it must refuse exactly what the walk refuses."""
+    outputs = [_nested(extra_depth, value)]
+    at_once = canonical_outputs(outputs, at_once=True)
+    assert at_once == canonical_outputs(outputs)  # one json.dumps, the same bytes as the steps
+    walked = unstorable_values(outputs)
+    if walked:
+        with pytest.raises(BananaOutputsNotStorableError) as error:
+            check_storable(outputs, call_id="call_x", canonical=at_once)
+        assert error.value.problems == walked
+    else:
+        check_storable(outputs, call_id="call_x", canonical=at_once)
 
 
 def test_just_past_the_depth_limit_fails() -> None:

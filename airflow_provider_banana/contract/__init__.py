@@ -52,6 +52,7 @@ from airflow_provider_banana.contract.events import (
     event_fits_loop,
     event_summary,
     outputs_from_event,
+    storable_success_event,
     success_event,
     wave_outputs_event,
     wave_outputs_from_event,
@@ -68,7 +69,7 @@ from airflow_provider_banana.contract.failures import (
     untrusted_certificate,
     unusable_url,
 )
-from airflow_provider_banana.contract.framing import framing_problem
+from airflow_provider_banana.contract.framing import framing_problem, framing_problem_of_raw
 from airflow_provider_banana.contract.limits import (
     DEFAULT_MAX_REPLY_BYTES,
     MIN_MAX_REPLY_BYTES,
@@ -197,6 +198,7 @@ __all__ = [
     "event_fits_loop",
     "event_summary",
     "framing_problem",
+    "framing_problem_of_raw",
     "is_error_message",
     "is_retryable",
     "malformed_reply",
@@ -215,6 +217,7 @@ __all__ = [
     "redirect_target",
     "reply_too_large",
     "start_refused",
+    "storable_success_event",
     "success_event",
     "task_started",
     "transport_error",

@@ -164,7 +164,19 @@ def load_json(document: bytes, **kwargs: Any) -> Any:
     depth = json_depth(document)
     if depth > MAX_JSON_DEPTH:
         raise JsonTooDeepError(depth)
-    return on_stack_for(depth, functools.partial(json.loads, document, **kwargs))
+    if not isinstance(document, bytes) or set(kwargs) - {"parse_int", "parse_constant"}:
+        return on_stack_for(depth, functools.partial(json.loads, document, **kwargs))
+    # What json.loads does with bytes, with a decoder made once per option set (json.loads with
+    # options builds one per call, and every Check is parsed here).
+    decoder = _decoder(kwargs.get("parse_int"), kwargs.get("parse_constant"))
+    text = document.decode(json.detect_encoding(document), "surrogatepass")
+    return on_stack_for(depth, functools.partial(decoder.decode, text))
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(parse_int: Callable[[str], Any] | None, parse_constant: Callable[[str], Any] | None) -> json.JSONDecoder:
+    # A decoder keeps no state between documents (its memo of keys is cleared after each).
+    return json.JSONDecoder(parse_int=parse_int, parse_constant=parse_constant)
 
 
 def on_stack_for(depth: int, parse: Callable[[], T]) -> T:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -11,6 +13,7 @@ from typing import Any, TypeAlias
 from airflow_provider_banana.contract._text import describe_error
 from airflow_provider_banana.contract.replies import BananaFinished, BananaResult, call_error
 from airflow_provider_banana.contract.stepwise import dumps_in_steps
+from airflow_provider_banana.contract.storable import check_storable
 from airflow_provider_banana.exceptions import (
     BananaCallError,
     BananaCallNotFoundError,
@@ -46,7 +49,11 @@ def event_fits_loop(reply_bytes: int) -> bool:
     return 0 < reply_bytes <= MAX_EVENT_OUTPUTS_BYTES
 
 
-def canonical_outputs(model_outputs: list[Any]) -> bytes:
+# json.dumps with options builds an encoder per call; this one is made once (it keeps no state).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+
+
+def canonical_outputs(model_outputs: list[Any], *, at_once: bool = False) -> bytes:
     """
     Return the bytes that the size, the sha256 and an output file of ``model_outputs`` are of.
 
@@ -61,8 +68,13 @@ def canonical_outputs(model_outputs: list[Any]) -> bytes:
     triggerer's event loop, though it runs in a thread.
 
     :param model_outputs: the parsed ``modelOutputs`` list.
+    :param at_once: the outputs are known to be small (their reply fit :func:`event_fits_loop`):
+        one ``json.dumps``, the same bytes without the steps' cost.
     """
-    text = dumps_in_steps(model_outputs, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
+    if at_once:
+        text = _COMPACT.encode(model_outputs)
+    else:
+        text = dumps_in_steps(model_outputs, ensure_ascii=False, separators=(",", ":"), allow_nan=True)
     # A JSON "\ud800" escape parses to a lone surrogate, which strict UTF-8 refuses to encode.
     return text.encode("utf-8", "surrogatepass")
 
@@ -223,6 +235,7 @@ def success_event(
     message: str = "success",
     *,
     written: OutputsWritten | None = None,
+    canonical: bytes | None = None,
     **summary: float,
 ) -> dict[str, Any]:
     """
@@ -236,6 +249,7 @@ def success_event(
     :param model_outputs: its ``modelOutputs`` list.
     :param message: Banana's message.
     :param written: the file the outputs were written to (``output_path``), if any.
+    :param canonical: the outputs' :func:`canonical_outputs`, when the caller made them already.
     :param summary: the watch's figures for the task's log (``checks``, ``elapsed``): added keys,
         which a reader of an older payload does without.
     """
@@ -248,10 +262,35 @@ def success_event(
     }
     if written is not None:
         return {**event, "output_path": written.output_path, **written.digest.to_event()}
-    data = canonical_outputs(model_outputs)
+    data = canonical_outputs(model_outputs) if canonical is None else canonical
     if len(data) <= MAX_EVENT_OUTPUTS_BYTES:
         return {**event, "model_outputs": model_outputs}
     return {**event, **OutputsDigest.of(data).to_event()}
+
+
+def storable_success_event(
+    call_id: str, model_outputs: list[Any], *, small: bool = False, **summary: float
+) -> dict[str, Any]:
+    """
+    Return :func:`success_event`'s payload for outputs Airflow can store; raise, naming why, for others.
+
+    Outputs Airflow cannot store would break the event itself (and the task's resume): the caller
+    turns the error into an event that names where and why, and the task keeps the call for a retry.
+
+    :param call_id: the call.
+    :param model_outputs: its ``modelOutputs`` list.
+    :param small: the reply that carried them fit :func:`event_fits_loop`: their bytes are made in
+        one call, size the event, and clear most outputs at a glance (:func:`check_storable`'s
+        ``canonical``) instead of a walk; a trigger fires thousands of these a minute.
+    :param summary: as for :func:`success_event`.
+    :raises BananaOutputsNotStorableError: see :func:`check_storable`.
+    """
+    canonical = None
+    if small:
+        with contextlib.suppress(ValueError):  # an integer past 4,300 digits has no text: the walk names it
+            canonical = canonical_outputs(model_outputs, at_once=True)
+    check_storable(model_outputs, call_id=call_id, canonical=canonical)
+    return success_event(call_id, model_outputs, "success", written=None, canonical=canonical, **summary)
 
 
 def wave_outputs_event(finished: Mapping[str, list[Any]]) -> dict[str, Any]:

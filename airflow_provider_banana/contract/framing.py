@@ -13,7 +13,7 @@ head each library read, and what a library refuses by itself is reported through
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from airflow_provider_banana.contract._text import shorten
 
@@ -53,3 +53,34 @@ def framing_problem(headers: Iterable[tuple[str, str]]) -> str | None:
     if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
         return f"Content-Length {shorten(lengths[0])!r} is not a number"
     return None
+
+
+_TOKEN_BYTES = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def framing_problem_of_raw(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """
+    Return :func:`framing_problem` of a head read as bytes (aiohttp's ``raw_headers``).
+
+    The usual head (token names, no folded value, one ``Content-Length`` of digits or one plain
+    ``chunked``) is accepted without decoding a byte, since the async half reads one at every
+    Check; anything else goes, decoded as Latin-1, to :func:`framing_problem`, which decides and words it.
+
+    :param headers: the head's fields in order, names as sent.
+    """
+    lengths = codings = 0
+    for name, value in headers:
+        if not _TOKEN_BYTES.fullmatch(name) or b"\r" in value or b"\n" in value:
+            break
+        if len(name) == 14 and name.lower() == b"content-length":
+            lengths += 1
+            if lengths > 1 or not value.strip().isdigit():
+                break
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            codings += 1
+            if codings > 1 or value.strip().lower() != b"chunked":
+                break
+    else:
+        if not (lengths and codings):
+            return None
+    return framing_problem((name.decode("latin-1"), value.decode("latin-1")) for name, value in headers)

@@ -25,6 +25,7 @@ import json
 import re
 from typing import Any
 
+from airflow_provider_banana.contract.depth import json_depth
 from airflow_provider_banana.exceptions import BananaOutputsNotStorableError
 
 #: Deepest nesting of lists and objects accepted in a call's ``modelOutputs``, the list itself
@@ -77,18 +78,43 @@ def unstorable_values(outputs: Any, *, limit: int = MAX_PROBLEMS) -> list[tuple[
     return found
 
 
-def check_storable(outputs: Any, *, call_id: str | None = None, limit: int = MAX_PROBLEMS) -> None:
+def check_storable(
+    outputs: Any, *, call_id: str | None = None, limit: int = MAX_PROBLEMS, canonical: bytes | None = None
+) -> None:
     """
     Raise unless Airflow can store ``outputs`` as they are (they are never changed to fit).
 
     :param outputs: the call's ``modelOutputs``.
     :param call_id: the call, for the error.
     :param limit: most problems the error names.
+    :param canonical: the :func:`~airflow_provider_banana.contract.events.canonical_outputs` of
+        small outputs, when the caller has them: bytes that show none of the three problems clear
+        the outputs without walking them (a trigger's event, thousands a minute); any sign of one,
+        and the walk decides and names it. Not for megabytes: the glance's C scans hold the GIL.
     :raises BananaOutputsNotStorableError: naming the path and the reason of each problem found.
     """
+    if canonical is not None and _clearly_storable(canonical):
+        return
     problems = unstorable_values(outputs, limit=limit)
     if problems:
         raise BananaOutputsNotStorableError(problems, call_id=call_id)
+
+
+# In canonical bytes (UTF-8 with "surrogatepass"), a surrogate code point is ED A0-BF, then one more byte.
+_SURROGATE_BYTES = re.compile(b"\xed[\xa0-\xbf]")
+# Twenty digits in a row, or a minus and nineteen: perhaps an integer past 2**64 - 1 or below -2**63;
+# or a float or a string that only looks so, which the walk then clears.
+_LONG_DIGITS = re.compile(b"[0-9]{20}|-[0-9]{19}")
+
+
+def _clearly_storable(canonical: bytes) -> bool:
+    # Each test errs only towards "not clearly": digits inside a string or a float look like a long
+    # integer. json_depth counts the outer list as level 1, as MAX_OUTPUT_DEPTH does.
+    return (
+        not _SURROGATE_BYTES.search(canonical)
+        and not _LONG_DIGITS.search(canonical)
+        and json_depth(canonical) <= MAX_OUTPUT_DEPTH
+    )
 
 
 class _BadKey(str):

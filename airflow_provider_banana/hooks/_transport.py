@@ -26,8 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_banana.contract import (
     DIRECT,
@@ -35,6 +34,7 @@ from airflow_provider_banana.contract import (
     RequestBudget,
     TransportFailure,
     framing_problem,
+    framing_problem_of_raw,
     malformed_reply,
     reply_too_large,
     transport_error,
@@ -58,12 +58,27 @@ LIBRARY_LOGGERS = ("urllib3", "requests", "charset_normalizer", "aiohttp", "asyn
 #: How much of an error reply (a status other than 200) is read: enough for its message, no more.
 ERROR_BODY_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
+#: aiohttp rounds a time limit past this many seconds up to a whole second of the loop's clock, so
+#: that timers end together; a hold's cut must not (see :class:`HoldCut`), and no limit here needs it.
+_NO_ROUNDING = 1e9
 
 
-@dataclass(frozen=True)
-class RawReply:
+class HoldCut(Exception):
+    """
+    The request was abandoned at its :attr:`Exchange.cut`, unanswered, as asked: not a failure.
+
+    The cut is the request's own whole-request limit (one timer, no task or timeout object of its
+    own held through the hold), so ``apost`` tells it from a real timeout. Only the async hook's
+    ``_send`` sees it.
+    """
+
+
+class RawReply(NamedTuple):
     """
     What came back, as bytes: the contract parses it.
+
+    A named tuple, as :class:`Exchange`: immutable, and built without a frozen dataclass's call per
+    field (two of each per Check, thousands of Checks a minute on a triggerer).
 
     :param status_code: the HTTP status.
     :param content: the body, decompressed (of an error reply, its first :data:`ERROR_BODY_BYTES`).
@@ -79,8 +94,7 @@ class RawReply:
     truncated: bool = False
 
 
-@dataclass(frozen=True)
-class Exchange:
+class Exchange(NamedTuple):
     """
     One request to send, and what to say if it fails.
 
@@ -92,6 +106,8 @@ class Exchange:
     :param call_id: the call a Check is about.
     :param redactor: masks the key in the HTTP library's words.
     :param network: the proxy and the trusted CAs, the same for both halves.
+    :param cut: seconds after which to abandon the request unanswered (:class:`HoldCut`), when that
+        comes before ``budget.total``; only the async half cuts (a long poll's first hold).
     """
 
     url: str
@@ -102,6 +118,12 @@ class Exchange:
     call_id: str | None
     redactor: Redactor
     network: BananaNetwork = DIRECT
+    cut: float | None = None
+
+    @property
+    def cut_first(self) -> bool:
+        """Return whether the request is abandoned at :attr:`cut` before ``budget.total`` ends it."""
+        return self.cut is not None and self.cut < self.budget.total
 
     def failed(self, failure: TransportFailure, error: BaseException) -> BananaError:
         """Return our error for a transport failure the library raised."""
@@ -593,7 +615,13 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
 
     scrub_library_logs(LIBRARY_LOGGERS, exchange.redactor)
     budget = exchange.budget
-    timeout = aiohttp.ClientTimeout(total=budget.total, connect=budget.connect, sock_connect=budget.connect)
+    cut = exchange.cut if exchange.cut_first else None
+    # One limit for the whole request, the cut's when it comes first, and one for opening a
+    # connection (a socket's connect, a proxy's tunnel and the TLS handshake: aiohttp's sock_connect
+    # would only add a timer inside it). Never rounded up: a cut at a time of its own is its point.
+    timeout = aiohttp.ClientTimeout(
+        total=budget.total if cut is None else cut, connect=budget.connect, ceil_threshold=_NO_ROUNDING
+    )
     network = exchange.network
     # The proxy's credentials go in a header, since aiohttp does not take them from the proxy's URL:
     # of the CONNECT for https, of the request itself (which the proxy reads) for plain http.
@@ -612,8 +640,7 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
             ssl=ssl_context(network),
         ) as response:
             # aiohttp's parser refused much by itself (see below); the rest is the contract's call.
-            raw_head = response.raw_headers
-            problem = framing_problem((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_head)
+            problem = framing_problem_of_raw(response.raw_headers)
             if problem:
                 raise exchange.malformed(problem)
             body = _Body(response.status, response.headers, exchange)
@@ -649,6 +676,12 @@ async def apost(session: aiohttp.ClientSession, exchange: Exchange) -> RawReply:
         raise exchange.malformed(str(underlying or e.message)) from None
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         failure = _aiohttp_failure(e)
+        if cut is not None and (
+            failure is TransportFailure.READ_TIMEOUT
+            # Still connecting at the cut: only when opening a connection may take longer than it.
+            or (failure is TransportFailure.CONNECT_TIMEOUT and budget.connect > cut)
+        ):
+            raise HoldCut from None
         if failure is TransportFailure.READ_TIMEOUT:
             raise exchange.timed_out() from None
         raise exchange.failed(failure, e) from None

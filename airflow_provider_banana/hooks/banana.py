@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -311,6 +310,7 @@ class _BananaHookBase(BaseHook):
         waits: bool,
         call_id: str | None,
         deadline: float | None,
+        cut: float | None = None,
     ) -> _transport.Exchange:
         remaining = None if deadline is None else deadline - time.time()
         return _transport.Exchange(
@@ -322,6 +322,7 @@ class _BananaHookBase(BaseHook):
             call_id=call_id,
             redactor=settings.redactor,
             network=settings.network,
+            cut=cut,
         )
 
     def _reply(
@@ -632,6 +633,7 @@ class BananaAsyncHook(_BananaHookBase):
         super().__init__(banana_conn_id, retry_policy=retry_policy, logger_name=logger_name)
         self._settings: BananaSettings | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._share: _sessions.LoopSessions | None = None
 
     async def __aenter__(self) -> BananaAsyncHook:
         share = _sessions.loop_share()
@@ -639,14 +641,16 @@ class BananaAsyncHook(_BananaHookBase):
             self.banana_conn_id, functools.partial(_resolve, lookup=self.aget_connection)
         )
         self._session = share.lease(self._lease_key, _HEADERS)
+        self._share = share  # the same loop's, given back on exit
         if not self._settings.network.verify:
             self.log.warning(VERIFY_OFF_WARNING, self.banana_conn_id)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._session is not None:
+        share, self._share = self._share, None
+        if self._session is not None and share is not None:
             self._session = None
-            await _sessions.loop_share().release(self._lease_key)
+            await share.release(self._lease_key)
 
     @property
     def _lease_key(self) -> tuple[str, str]:
@@ -802,14 +806,19 @@ class BananaAsyncHook(_BananaHookBase):
             attempt += 1
             began = self._attempt_sent(endpoint, attempt, model_key)
             try:
-                exchange = self._exchange(settings, endpoint, body, waits=waits, call_id=call_id, deadline=deadline)
-                if cut is not None and attempt == 1:
-                    try:
-                        raw = await _abandoned_after(cut, _transport.apost(session, exchange))
-                    except asyncio.TimeoutError:  # the cut, not apost's: it turns its own into BananaError
-                        return None
-                else:
+                exchange = self._exchange(
+                    settings,
+                    endpoint,
+                    body,
+                    waits=waits,
+                    call_id=call_id,
+                    deadline=deadline,
+                    cut=cut if attempt == 1 else None,
+                )
+                try:
                     raw = await _transport.apost(session, exchange)
+                except _transport.HoldCut:  # abandoned at the cut, as asked: no failure, no retry
+                    return None
                 if len(raw.content) > _PARSE_IN_THREAD_BYTES:
                     # Parsing tens of MiB takes a second: not on the triggerer's loop. Nor in one C
                     # call on another thread: json.loads would hold the GIL, and the loop, all along.
@@ -826,20 +835,6 @@ class BananaAsyncHook(_BananaHookBase):
                 continue
             self._attempt_ended(endpoint, model_key, began, result=result)
             return result
-
-
-if sys.version_info >= (3, 11):
-
-    async def _abandoned_after(seconds: float, request: Awaitable[_transport.RawReply]) -> _transport.RawReply:
-        # asyncio.timeout cancels the request where it stands; wait_for would wrap it in a task of
-        # its own (a task, a context, a future and a callback more per long poll, held by thousands).
-        async with asyncio.timeout(seconds):
-            return await request
-
-else:  # Python 3.10
-
-    async def _abandoned_after(seconds: float, request: Awaitable[_transport.RawReply]) -> _transport.RawReply:
-        return await asyncio.wait_for(request, seconds)
 
 
 def _mask(secret: str) -> None:

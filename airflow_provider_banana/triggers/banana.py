@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,9 +20,9 @@ from airflow_provider_banana.contract import (
     absolute_deadline,
     budget,
     call_timeout_error,
-    check_storable,
     error_event,
     event_fits_loop,
+    storable_success_event,
     success_event,
     validate_call_id,
     validate_poll_interval,
@@ -35,6 +36,18 @@ from airflow_provider_banana.redact import NO_SECRET, Redactor
 #: Seconds between a deferral and its trigger's start past which the trigger resumes a watch begun
 #: elsewhere: picking up a fresh trigger takes a triggerer a few seconds, a takeover tens.
 RESUME_AFTER = 15.0
+
+
+def _retry_policy(max_attempts: Any) -> BananaRetryPolicy:
+    if type(max_attempts) is int:
+        return _shared_retry_policy(max_attempts)
+    return BananaRetryPolicy(max_attempts=max_attempts)  # anything else checked (and refused) as given
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_retry_policy(max_attempts: int) -> BananaRetryPolicy:
+    # Frozen, so triggers share one: a triggerer that takes over thousands builds and checks it once.
+    return BananaRetryPolicy(max_attempts=max_attempts)
 
 
 class _BananaWaitTrigger(BaseTrigger):
@@ -70,7 +83,7 @@ class _BananaWaitTrigger(BaseTrigger):
         self.started_at = float(started_at) if started_at is not None else time.time()
         self.poll_interval = validate_poll_interval(poll_interval)
         self.long_poll = bool(long_poll)
-        self.retry_policy = BananaRetryPolicy(max_attempts=max_attempts)
+        self.retry_policy = _retry_policy(max_attempts)
         # Masks the key in the texts of errors that are not ours; known once the hook has the connection.
         self._redactor: Redactor = NO_SECRET
 
@@ -189,7 +202,7 @@ class BananaCallTrigger(_BananaWaitTrigger):
         try:
             outputs = await self._wait()
             if not self.output_path and self._waiter is not None and event_fits_loop(self._waiter.reply_bytes):
-                event = self._finished_event(outputs)
+                event = self._finished_event(outputs, small=True)
             else:
                 # In a thread: serializing (and writing) megabytes of outputs would stall every
                 # trigger on this triggerer's loop.
@@ -208,15 +221,14 @@ class BananaCallTrigger(_BananaWaitTrigger):
         # a tenth of what a trigger costs the triggerer.
         yield TriggerEvent(event)
 
-    def _finished_event(self, outputs: list[Any]) -> dict[str, Any]:
+    def _finished_event(self, outputs: list[Any], *, small: bool = False) -> dict[str, Any]:
         if self.output_path:
             # The file holds the outputs whatever they are; the event and XCom only name it.
             written = write_outputs(as_storage_path(self.output_path, "output_path"), outputs)
             return success_event(self.call_id, outputs, written=written, **self._summary())
         # Outputs Airflow cannot store would break the event itself (and the task's resume): the
         # event names where and why instead, and the task keeps the call for a retry to reattach to.
-        check_storable(outputs, call_id=self.call_id)
-        return success_event(self.call_id, outputs, **self._summary())
+        return storable_success_event(self.call_id, outputs, small=small, **self._summary())
 
     def _log_start(self) -> None:
         # Only a resumed watch (a takeover or a restart) is news: an ordinary start is Airflow's own
