@@ -78,6 +78,8 @@ T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
+#: ``json.dumps(body, separators=(",", ":"))``, with the encoder made once instead of at every request.
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _HEADERS = {
     "Content-Type": "application/json",
     "Accept": "application/json",
@@ -144,7 +146,7 @@ class BananaSettings:
 
     def encode(self, body: dict[str, Any]) -> bytes:
         """Return a request body as JSON bytes."""
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _BODY_ENCODER.encode(body).encode()
 
 
 def _api_key(conn: Connection) -> str:
