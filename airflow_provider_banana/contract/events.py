@@ -287,7 +287,9 @@ def storable_success_event(
     """
     canonical = None
     if small:
-        with contextlib.suppress(ValueError):  # an integer past 4,300 digits has no text: the walk names it
+        # An integer past 4,300 digits has no text (ValueError), and the walk names it; nesting deeper
+        # than the stack allows goes the stepwise way, as large outputs do.
+        with contextlib.suppress(ValueError, RecursionError):
             canonical = canonical_outputs(model_outputs, at_once=True)
     check_storable(model_outputs, call_id=call_id, canonical=canonical)
     return success_event(call_id, model_outputs, "success", written=None, canonical=canonical, **summary)
