@@ -152,25 +152,30 @@ class _BracketCounter:
         return 0 if self.highest is None else self.highest
 
 
-def load_json(document: bytes, **kwargs: Any) -> Any:
+def load_json(
+    document: bytes,
+    *,
+    parse_int: Callable[[str], Any] | None = None,
+    parse_constant: Callable[[str], Any] | None = None,
+) -> Any:
     """
     Parse a JSON document nested at most :data:`MAX_JSON_DEPTH` deep, whatever the caller's stack.
 
+    The same as ``json.loads(document, parse_int=..., parse_constant=...)`` (the encoding detected
+    as it does it), with the decoder made once per option set: ``json.loads`` with options builds
+    one per call, and every Check is parsed here.
+
     :param document: the document's bytes.
-    :param kwargs: passed to :func:`json.loads` (``parse_int`` ...).
+    :param parse_int: as for :func:`json.loads`.
+    :param parse_constant: as for :func:`json.loads`.
     :raises JsonTooDeepError: nested deeper than the limit; decided before any parsing.
     :raises ValueError: not JSON.
     """
     depth = json_depth(document)
     if depth > MAX_JSON_DEPTH:
         raise JsonTooDeepError(depth)
-    if not isinstance(document, bytes) or set(kwargs) - {"parse_int", "parse_constant"}:
-        return on_stack_for(depth, functools.partial(json.loads, document, **kwargs))
-    # What json.loads does with bytes, with a decoder made once per option set (json.loads with
-    # options builds one per call, and every Check is parsed here).
-    decoder = _decoder(kwargs.get("parse_int"), kwargs.get("parse_constant"))
     text = document.decode(json.detect_encoding(document), "surrogatepass")
-    return on_stack_for(depth, functools.partial(decoder.decode, text))
+    return on_stack_for(depth, functools.partial(_decoder(parse_int, parse_constant).decode, text))
 
 
 @functools.lru_cache(maxsize=8)
