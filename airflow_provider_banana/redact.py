@@ -130,6 +130,9 @@ class Redactor:
     def __init__(self, secret: str | None) -> None:
         self._pattern: re.Pattern[str] | None = None
         self._length = len(secret or "")
+        #: No text shorter than the shortest form can hold the secret, nor can what unescaping makes
+        #: of it: an unescape never lengthens a text (a server's "running" is seen at a glance).
+        self._shortest = self._length
         if not secret:
             return
         forms = {secret}
@@ -140,6 +143,7 @@ class Redactor:
             forms.add(raw.hex())
             for encode in (base64.b64encode, base64.urlsafe_b64encode):
                 forms.add(encode(raw).decode().rstrip("="))
+        self._shortest = min(len(form) for form in forms)
         # Longest first, so that a form containing another is masked whole.
         alternatives = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
         self._pattern = re.compile(alternatives, re.IGNORECASE)
@@ -153,7 +157,7 @@ class Redactor:
 
         :param text: any text.
         """
-        if self._pattern is None:
+        if self._pattern is None or len(text) < self._shortest:
             return False
         for _ in range(_MAX_ROUNDS + 1):
             if self._pattern.search(text):
@@ -220,6 +224,7 @@ class LogScrubber(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._redactors: OrderedDict[Redactor, None] = OrderedDict()
+        self._newest: Redactor | None = None
         self._lock = threading.Lock()
 
     def remember(self, redactor: Redactor) -> None:
@@ -231,11 +236,12 @@ class LogScrubber(logging.Filter):
         # A placeholder key (``x``, ``test``) would mask every "x" and "test" in every record of
         # every connection of the process, for a key that guards nothing (Airflow's own masker skips
         # secrets under 5 characters for the same reason); the provider's own texts still mask it.
-        if redactor._pattern is None or redactor._length < MIN_SECRET_LENGTH:
-            return
+        if redactor is self._newest or redactor._pattern is None or redactor._length < MIN_SECRET_LENGTH:
+            return  # already the most recent (every request of a connection says it again), or no secret
         with self._lock:
             self._redactors[redactor] = None
             self._redactors.move_to_end(redactor)
+            self._newest = redactor
             while len(self._redactors) > _MAX_SCRUBBED_KEYS:
                 self._redactors.popitem(last=False)
 

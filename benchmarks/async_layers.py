@@ -2,13 +2,25 @@
 
 Usage::
 
-    python -m benchmarks.async_layers [--n 1000] [--repeat 3]
+    python -m benchmarks.async_layers [--n 1000] [--repeat 3] [--repoll-span 30]
 
-For each layer, N calls of the local server's ``sleep`` model are started (``startOnly``) to finish
-4-6 s later, and N concurrent long polls follow them on one event loop in this process; the figure
-is this process's CPU time (``time.process_time()``) per call, from the first request to the last
-answer. The baseline is the first row: bare ``aiohttp`` requests through one session, each on a
-connection of its own (concurrent long polls cannot share one). Every request goes to 127.0.0.1.
+Two tables, each against a bare ``aiohttp`` baseline in the same run. Every request goes to 127.0.0.1.
+
+*One Check per call.* For each layer, N calls of the local server's ``sleep`` model are started
+(``startOnly``) to finish 4-6 s later, and N concurrent long polls follow them on one event loop in
+this process; the figure is this process's CPU time (``time.process_time()``) per call, from the
+first request to the last answer. A call is thus one Check and everything a layer does once per
+call (a trigger's construction, its hook's lease, its event). The baseline is the first row: bare
+``aiohttp`` requests through one session, each on a connection of its own (concurrent long polls
+cannot share one).
+
+*Re-polls.* The happy path of a running call: the server holds each Check 5 s (the hooks' least
+interval between two Checks, so none pauses) and answers "running" until the call ends, ``--repoll-span``
+seconds later (about six Checks each; the count comes from the server's own counter). The figure
+is the CPU per Check. The baseline re-polls with bare ``aiohttp`` as simply as a client can: post,
+read, ``json.loads``, and again until the message says ``success``. The connection still says
+the server holds 50 s, so the trigger's first-hold cut (at 25-50 s) never comes: every Check here
+is answered.
 
 The layers run in turn, ``--repeat`` rounds of them, and each row gives the median of its rounds:
 one full collection of the garbage collector (about 0.15 ms a call here) falls in each run, and
@@ -37,6 +49,9 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 from benchmarks.harness import print_table, start_sleep_calls
 
 API_KEY = "bench-api-key"
+#: Seconds the server holds each Check of the re-poll table: the hooks' least interval between two
+#: Checks (``DEFAULT_POLL_INTERVAL``), so that no layer pauses between them.
+REPOLL_HOLD = 5.0
 
 
 async def _first_event(trigger: Any) -> Any:
@@ -90,6 +105,30 @@ def _layers(url: str) -> list[tuple[str, Callable[[list[str]], Awaitable[Any]]]]
     ]
 
 
+def _repoll_layers(url: str) -> list[tuple[str, Callable[[list[str]], Awaitable[Any]]]]:
+    import aiohttp
+
+    async def bare_loop(ids: list[str]) -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def one(call_id: str) -> Any:
+                body = {"id": "x", "created": 1, "apiKey": API_KEY, "longPoll": True, "callID": call_id}
+                while True:
+                    async with session.post(url + "check/v4/", data=json.dumps(body).encode()) as response:
+                        reply = json.loads(await response.read())
+                    if reply.get("message") == "success":
+                        return reply["modelOutputs"]
+
+            await asyncio.gather(*(one(c) for c in ids))
+
+    by_name = dict(_layers(url))
+    return [
+        ("bare aiohttp, re-polling loop", bare_loop),
+        ("a hook per call, hook.wait", by_name["a hook per call, hook.wait"]),
+        ("a BananaCallTrigger per call", by_name["a BananaCallTrigger per call"]),
+    ]
+
+
 class _CollectorTime:
     """Add up the CPU time the garbage collector takes while the block runs (``gc.callbacks``)."""
 
@@ -111,8 +150,59 @@ class _CollectorTime:
         gc.callbacks.remove(self._callback)
 
 
+class _Figures:
+    """Each layer's rounds: CPU, the collector's share, and Checks, all per call."""
+
+    def __init__(self) -> None:
+        self.cpu: dict[str, list[float]] = {}
+        self.in_gc: dict[str, list[float]] = {}
+        self.checks: dict[str, list[float]] = {}
+
+    def measure(self, name: str, run: Callable[[list[str]], Awaitable[Any]], ids: list[str], server: Any) -> None:
+        """Run one layer over ``ids`` and keep its figures.
+
+        :param name: the layer.
+        :param run: the layer.
+        :param ids: the calls to follow.
+        :param server: the ``DevServer``, whose counter says how many Checks arrived.
+        """
+        n = len(ids)
+        sent_before = server.stats()["check_requests"]
+        gc.collect()
+        with _CollectorTime() as collector:
+            began = time.process_time()
+            asyncio.run(run(ids))
+            cpu = time.process_time() - began
+        self.cpu.setdefault(name, []).append(cpu / n)
+        self.in_gc.setdefault(name, []).append(collector.seconds / n)
+        self.checks.setdefault(name, []).append((server.stats()["check_requests"] - sent_before) / n)
+
+    def rows(self, *, per_check: bool) -> list[list[str]]:
+        """Return the table's rows: medians of the rounds, the first layer the baseline.
+
+        :param per_check: give the CPU per Check (each round's CPU over its own Checks), not per call.
+        """
+        rows, baseline = [], None
+        for name, figures in self.cpu.items():
+            scale = [1.0 / c if per_check else 1.0 for c in self.checks[name]]
+            values = [f * k for f, k in zip(figures, scale, strict=True)]
+            value = statistics.median(values)
+            baseline = baseline or value
+            rows.append(
+                [
+                    name,
+                    f"{statistics.median(self.checks[name]):.2f}",
+                    f"{value * 1e3:.3f} ms",
+                    f"{statistics.median(g * k for g, k in zip(self.in_gc[name], scale, strict=True)) * 1e3:.3f} ms",
+                    f"{min(values) * 1e3:.3f}-{max(values) * 1e3:.3f} ms",
+                    f"{value / baseline:.2f}x",
+                ]
+            )
+        return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run every layer `--repeat` times and print the median CPU per call, with the ratio to the bare client.
+    """Run every layer `--repeat` times; print the median CPU per call and per re-poll, against bare aiohttp.
 
     :param argv: command-line arguments.
     :return: 0
@@ -120,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="concurrent calls per layer (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all layers; medians (default: %(default)s)")
+    parser.add_argument(
+        "--repoll-span",
+        type=float,
+        default=30.0,
+        help="seconds the calls of the re-poll table run, Checks held 5 s each; 0 skips it (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     from airflow_provider_banana.devserver.testing import DevServer
 
@@ -129,43 +225,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["AIRFLOW_CONN_BANANA_DEFAULT"] = json.dumps(conn)
         os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="banana-bench-"))
 
-        def calls(count: int) -> list[str]:
-            untils = [time.time() + 4 + 2 * i / max(count, 1) for i in range(count)]
+        def calls(count: int, after: float = 4.0) -> list[str]:
+            untils = [time.time() + after + 2 * i / max(count, 1) for i in range(count)]
             return asyncio.run(start_sleep_calls("127.0.0.1", srv.port, untils))
 
-        layers = _layers(srv.url)
-        for _, run in layers:  # warm up every layer: imports and one-time set-up are not measured
+        layers, repoll_layers = _layers(srv.url), _repoll_layers(srv.url)
+        for _, run in [*layers, *repoll_layers]:  # warm up every layer: imports and one-time set-up are not measured
             asyncio.run(run(calls(2)))
-        cpu: dict[str, list[float]] = {name: [] for name, _ in layers}
-        in_gc: dict[str, list[float]] = {name: [] for name, _ in layers}
+        one, repolls = _Figures(), _Figures()
         for _ in range(max(args.repeat, 1)):
+            srv.settings(check_hold=50)
             for name, run in layers:
-                ids = calls(n)
-                gc.collect()
-                with _CollectorTime() as collector:
-                    began = time.process_time()
-                    asyncio.run(run(ids))
-                    cpu[name].append((time.process_time() - began) / n)
-                in_gc[name].append(collector.seconds / n)
-    rows, baseline = [], None
-    for name, figures in cpu.items():
-        per_call = statistics.median(figures)
-        baseline = baseline or per_call
-        rows.append(
-            [
-                name,
-                f"{n:,}",
-                f"{per_call * 1e3:.2f} ms",
-                f"{statistics.median(in_gc[name]) * 1e3:.2f} ms",
-                f"{min(figures) * 1e3:.2f}-{max(figures) * 1e3:.2f} ms",
-                f"{per_call / baseline:.2f}x",
-            ]
-        )
+                one.measure(name, run, calls(n), srv)
+            if args.repoll_span > 0:
+                srv.settings(check_hold=REPOLL_HOLD)
+                for name, run in repoll_layers:
+                    repolls.measure(name, run, calls(n, args.repoll_span), srv)
+    header = ["layer", "Checks / call", "CPU / {}", "of it, GC", "spread", "vs bare"]
+    rounds = max(args.repeat, 1)
     print_table(
-        f"Async layers: CPU per call, N concurrent long polls (median of {len(cpu[layers[0][0]])} rounds)",
-        ["layer", "N", "CPU / call", "of it, GC", "spread", "vs bare"],
-        rows,
+        f"Async layers, one Check per call: CPU per call, {n:,} concurrent long polls (median of {rounds} rounds)",
+        [h.format("call") for h in header],
+        one.rows(per_check=False),
     )
+    if args.repoll_span > 0:
+        print_table(
+            f"Async layers, re-polls: CPU per Check, {n:,} calls of {args.repoll_span:g}-{args.repoll_span + 2:g} s, "
+            f"each Check held {REPOLL_HOLD:g} s (median of {rounds} rounds)",
+            [h.format("Check") for h in header],
+            repolls.rows(per_check=True),
+        )
     return 0
 
 

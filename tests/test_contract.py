@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import pickle
 import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_banana import contract
 from airflow_provider_banana.contract import (
@@ -18,6 +22,7 @@ from airflow_provider_banana.contract import (
     CallWaiter,
     EventStatus,
     TransportFailure,
+    check_bodies,
 )
 from airflow_provider_banana.exceptions import (
     BananaCallError,
@@ -222,6 +227,36 @@ class TestBodies:
     def test_every_request_has_a_fresh_id(self) -> None:
         ids = {contract.build_check_body("K", "c", long_poll=False)["id"] for _ in range(50)}
         assert len(ids) == 50
+        made = check_bodies("K", "c", long_poll=False)
+        assert len({json.loads(made())["id"] for _ in range(50)}) == 50
+
+    def test_a_request_id_is_what_uuid4_gives(self) -> None:
+        for _ in range(2000):  # the version and variant bits set, every other bit random
+            text = contract.request_id()
+            parsed = uuid.UUID(text)
+            assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+            assert str(parsed) == text
+        bits = [uuid.UUID(contract.request_id()).int for _ in range(400)]
+        random_bits = ((1 << 128) - 1) & ~((0xC000 << 48) | (0xF000 << 64))
+        assert functools.reduce(operator.or_, bits) & random_bits == random_bits
+        assert functools.reduce(operator.and_, bits) & random_bits == 0
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        key=st.text(min_size=1, max_size=40),
+        call_id=st.text(max_size=40),
+        long_poll=st.booleans(),
+    )
+    def test_a_calls_check_bodies_are_the_encoded_check_body(self, key: str, call_id: str, long_poll: bool) -> None:
+        # Any text, quotes, percent signs and lone surrogates included: the bytes of build_check_body.
+        before = int(time.time())
+        body = check_bodies(key, call_id, long_poll=long_poll)()
+        sent = json.loads(body)
+        assert list(sent) == list(contract.build_check_body(key, call_id, long_poll=long_poll))
+        assert (sent["apiKey"], sent["callID"], sent["longPoll"]) == (key, call_id, long_poll)
+        assert uuid.UUID(sent["id"]).version == 4
+        assert before <= sent["created"] <= int(time.time())
+        assert contract.encode_body(sent) == body
 
     def test_endpoint_urls(self) -> None:
         assert contract.endpoint_url("https://api.banana.dev/", START) == "https://api.banana.dev/start/v4/"

@@ -27,11 +27,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_banana.contract import BananaRetryPolicy
 from airflow_provider_banana.exceptions import BananaError
 from airflow_provider_banana.hooks.banana import BananaAsyncHook, BananaHook
-from airflow_provider_banana.redact import Redactor
+from airflow_provider_banana.redact import Redactor, _unescape
 from airflow_provider_banana.triggers.banana import BananaCallTrigger
 from tests.helpers import collect, connection_json, states
 from tests.hostile import HostileServer, Request, json_reply, raw, response
@@ -130,6 +132,32 @@ def test_the_redactor_masks_every_form(key_kind: str, form: str) -> None:
 def test_the_redactor_leaves_other_text_alone(text: str) -> None:
     assert Redactor(KEYS["non-ascii"])(text) == text
     assert Redactor(KEYS["ascii"])(text) == text
+
+
+#: Text rich in what the redactor unescapes: backslash escapes, entities, percent signs, mojibake.
+_ESCAPY = st.text(
+    alphabet=st.sampled_from(
+        list("\\ux0123456789abcdefABCDEF%&#;ampltgquo'\"nrt é\u00c3\u00a9\u00e2\u20ac\ud83d\udcc3")
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(text=_ESCAPY | st.text(max_size=60))
+def test_unescaping_never_lengthens_a_text(text: str) -> None:
+    # What lets the redactor pass a text shorter than the key's shortest form at a glance.
+    assert len(_unescape(text)) <= len(text)
+
+
+@pytest.mark.parametrize("key_kind", list(KEYS))
+def test_a_text_shorter_than_every_form_of_the_key_is_passed_as_it_is(key_kind: str) -> None:
+    redactor = Redactor(KEYS[key_kind])
+    shortest = min(len(form) for form in key_forms(KEYS[key_kind]).values())
+    for text in ("running", "", "success", "x" * (shortest - 1)):
+        assert not redactor.contains(text)
+        assert redactor(text) == text
+    assert redactor.contains(KEYS[key_kind])
 
 
 @pytest.fixture

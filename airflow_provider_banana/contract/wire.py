@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 import time
-import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
@@ -28,9 +30,38 @@ def endpoint_url(base_url: str, endpoint: str) -> str:
     return urljoin(base_url, _PATHS[endpoint])
 
 
+#: ``json.dumps(body, separators=(",", ":"))``, the encoder made once instead of at every request.
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"))
+#: What turns 128 random bits into a version 4 (random), variant 1 (RFC 4122) UUID, as ``uuid.UUID`` does.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+#: The parts of a body that are fresh at every request (the rest of a Check body is the same for a call).
+_FRESH = ("id", "created")
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """
+    Return a request body as compact JSON bytes.
+
+    :param body: what :func:`build_start_body` or :func:`build_check_body` built.
+    """
+    return _BODY_ENCODER.encode(body).encode()
+
+
+def request_id() -> str:
+    """
+    Return a fresh random UUID, the ``id`` of a request: the text ``str(uuid.uuid4())`` gives.
+
+    Written out, since ``uuid.uuid4()`` builds and checks a UUID object for the same 36 characters,
+    and every Check of every trigger asks for one.
+    """
+    bits = f"{int.from_bytes(os.urandom(16), 'big') & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
+
+
 def _envelope(api_key: str) -> dict[str, Any]:
     # The official SDKs send a fresh uuid4 and integer Unix seconds; the id is not an idempotency key.
-    return {"id": str(uuid.uuid4()), "created": int(time.time()), "apiKey": api_key}
+    return {"id": request_id(), "created": int(time.time()), "apiKey": api_key}
 
 
 def build_start_body(api_key: str, model_key: str, model_inputs: dict[str, Any], *, start_only: bool) -> dict[str, Any]:
@@ -59,6 +90,29 @@ def build_check_body(api_key: str, call_id: str, *, long_poll: bool) -> dict[str
     :param long_poll: ask Banana to hold the request until the call finishes (up to 50 s).
     """
     return {**_envelope(api_key), "longPoll": long_poll, "callID": call_id}
+
+
+def check_bodies(api_key: str, call_id: str, *, long_poll: bool) -> Callable[[], bytes]:
+    """
+    Return what makes the bytes of one call's Check bodies, each with its own ``id`` and ``created``.
+
+    The bytes :func:`encode_body` gives for :func:`build_check_body`'s body: the part that stays
+    the same for the call (the key, the flag, the call id) is encoded once, not at every re-poll.
+
+    :param api_key: a validated API key.
+    :param call_id: the call to ask about.
+    :param long_poll: ask Banana to hold the request until the call finishes (up to 50 s).
+    """
+    body = build_check_body(api_key, call_id, long_poll=long_poll)
+    if tuple(body)[: len(_FRESH)] != _FRESH:  # pragma: no cover - the layout above
+        raise AssertionError(f"a Check body starts with {_FRESH}")
+    rest = encode_body({name: value for name, value in body.items() if name not in _FRESH})
+    template = b'{"id":"%s","created":%d,' + rest[1:].replace(b"%", b"%%")
+
+    def fresh() -> bytes:
+        return template % (request_id().encode(), int(time.time()))
+
+    return fresh
 
 
 def use_start_only(*, timeout: float, start_hold: float, hand_off: bool) -> bool:

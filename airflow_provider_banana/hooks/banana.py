@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-import json
 import logging
 import os
 import time
@@ -39,9 +38,10 @@ from airflow_provider_banana.contract import (
     BananaRunning,
     BananaTimeouts,
     CallWaiter,
-    build_check_body,
     build_start_body,
+    check_bodies,
     describe_retry,
+    encode_body,
     endpoint_url,
     max_reply_bytes_from_extra,
     network_for,
@@ -78,8 +78,6 @@ T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
 
-#: ``json.dumps(body, separators=(",", ":"))``, with the encoder made once instead of at every request.
-_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 _HEADERS = {
     "Content-Type": "application/json",
     "Accept": "application/json",
@@ -146,7 +144,7 @@ class BananaSettings:
 
     def encode(self, body: dict[str, Any]) -> bytes:
         """Return a request body as JSON bytes."""
-        return _BODY_ENCODER.encode(body).encode()
+        return encode_body(body)
 
 
 def _api_key(conn: Connection) -> str:
@@ -238,7 +236,7 @@ class _BananaHookBase(BaseHook):
 
     @staticmethod
     def _check_body(settings: BananaSettings, call_id: str, long_poll: bool) -> bytes:
-        return settings.encode(build_check_body(settings.api_key, call_id, long_poll=long_poll))
+        return check_bodies(settings.api_key, call_id, long_poll=long_poll)()
 
     def _retrying_kwargs(self, endpoint: str, deadline: float | None) -> dict[str, Any]:
         return self.retry_policy.tenacity_kwargs(endpoint, deadline=deadline, before_sleep=self._log_retry)
@@ -737,14 +735,15 @@ class BananaAsyncHook(_BananaHookBase):
         level = logging.DEBUG if quiet else logging.INFO
         call_id = validate_call_id(waiter.call_id)
         check_hold = self.settings.timeouts.check_hold
+        # The call's part of every Check body is encoded once; each Check gets its own id and time.
+        next_body = check_bodies(self.settings.api_key, call_id, long_poll=waiter.long_poll)
         while True:
             waiter.raise_if_expired()
             began = time.monotonic()
-            body = self._check_body(self.settings, call_id, waiter.long_poll)
             try:
                 result = await self._send(
                     CHECK,
-                    body,
+                    next_body(),
                     waits=waiter.long_poll,
                     call_id=call_id,
                     deadline=waiter.deadline,
