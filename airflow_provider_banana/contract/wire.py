@@ -35,8 +35,6 @@ _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"))
 #: What turns 128 random bits into a version 4 (random), variant 1 (RFC 4122) UUID, as ``uuid.UUID`` does.
 _UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
 _UUID4_SET = (0x8000 << 48) | (4 << 76)
-#: The parts of a body that are fresh at every request (the rest of a Check body is the same for a call).
-_FRESH = ("id", "created")
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -59,9 +57,15 @@ def request_id() -> str:
     return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
 
 
-def _envelope(api_key: str) -> dict[str, Any]:
-    # The official SDKs send a fresh uuid4 and integer Unix seconds; the id is not an idempotency key.
-    return {"id": request_id(), "created": int(time.time()), "apiKey": api_key}
+def _fresh() -> dict[str, Any]:
+    # What every body starts with, new at each request. The official SDKs send a fresh uuid4 and
+    # integer Unix seconds; the id is not an idempotency key.
+    return {"id": request_id(), "created": int(time.time())}
+
+
+def _check_fields(api_key: str, call_id: str, long_poll: bool) -> dict[str, Any]:
+    # The rest of a Check body, the same for every Check of a call.
+    return {"apiKey": api_key, "longPoll": long_poll, "callID": call_id}
 
 
 def build_start_body(api_key: str, model_key: str, model_inputs: dict[str, Any], *, start_only: bool) -> dict[str, Any]:
@@ -74,7 +78,8 @@ def build_start_body(api_key: str, model_key: str, model_inputs: dict[str, Any],
     :param start_only: ask Banana to answer at once with a callID instead of holding for the result.
     """
     return {
-        **_envelope(api_key),
+        **_fresh(),
+        "apiKey": api_key,
         "modelKey": model_key,
         "startOnly": start_only,
         "modelInputs": model_inputs,
@@ -89,7 +94,7 @@ def build_check_body(api_key: str, call_id: str, *, long_poll: bool) -> dict[str
     :param call_id: the call to ask about.
     :param long_poll: ask Banana to hold the request until the call finishes (up to 50 s).
     """
-    return {**_envelope(api_key), "longPoll": long_poll, "callID": call_id}
+    return {**_fresh(), **_check_fields(api_key, call_id, long_poll)}
 
 
 def check_bodies(api_key: str, call_id: str, *, long_poll: bool) -> Callable[[], bytes]:
@@ -103,10 +108,8 @@ def check_bodies(api_key: str, call_id: str, *, long_poll: bool) -> Callable[[],
     :param call_id: the call to ask about.
     :param long_poll: ask Banana to hold the request until the call finishes (up to 50 s).
     """
-    body = build_check_body(api_key, call_id, long_poll=long_poll)
-    if tuple(body)[: len(_FRESH)] != _FRESH:  # pragma: no cover - the layout above
-        raise AssertionError(f"a Check body starts with {_FRESH}")
-    rest = encode_body({name: value for name, value in body.items() if name not in _FRESH})
+    # _fresh()'s two fields, written per Check; then the call's own, encoded once.
+    rest = encode_body(_check_fields(api_key, call_id, long_poll))
     template = b'{"id":"%s","created":%d,' + rest[1:].replace(b"%", b"%%")
 
     def fresh() -> bytes:
